@@ -1,0 +1,1 @@
+"""LoRITa: Low-Rank Induced Training (Zhang, Alkhouri, Wang; TMLR 2024) as a library for any PyTorch model."""
