@@ -1,1 +1,9 @@
 """LoRITa: Low-Rank Induced Training (Zhang, Alkhouri, Wang; TMLR 2024) as a library for any PyTorch model."""
+
+from lorita.compose import collapse, overparameterize
+from lorita.counting import count_flops_params
+from lorita.factorize import factorize, truncate
+from lorita.ranks import plan_ranks
+from lorita.spectra import spectra
+
+__all__ = ["collapse", "count_flops_params", "factorize", "overparameterize", "plan_ranks", "spectra", "truncate"]

@@ -1,0 +1,116 @@
+"""`lorita-bench`: run one benchmark, open the MLflow UI."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from benchmarks.config import ConfigError, apply_overrides, load_yaml, make_config, parse_assignment
+
+# Flags that set a config key directly (flag dest -> dotted config key).
+FLAG_KEYS = {
+    "experiment": "experiment", "model": "model", "dataset": "dataset", "data_root": "data_root",
+    "method": "method", "factors": "factors", "epochs": "budget.epochs",
+    "finetune_epochs": "budget.finetune_epochs", "seed": "seed", "device": "device", "cache_dir": "cache_dir",
+}
+
+
+def _run_parser(sub) -> None:
+    p = sub.add_parser("run", help="train, compress, fine-tune, measure and record one benchmark run",
+                       description="One method at one compression target under one budget. Flags override "
+                                   "--config, --set overrides both.")
+    p.add_argument("--config", help="YAML file of run settings (see benchmarks/configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set budget.lr=0.05 (repeatable)")
+    p.add_argument("--experiment", help="MLflow experiment name (default lorita-bench)")
+    p.add_argument("--model", help="fcn, cnn, vgg16, vgg19, resnet20, resnet56, vit, tv:<name>, module:factory")
+    p.add_argument("--dataset", help="digits (offline default), mnist, cifar10, cifar100, imagefolder:<path>")
+    p.add_argument("--data-root", help="where torchvision datasets live")
+    p.add_argument("--method", help="dense, lorita, svd or a pruning method (see `lorita-bench methods`)")
+    p.add_argument("--factors", type=int, help="LoRITa's N: layers trained as products of N maps (default 3)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-flops-drop", type=float, metavar="T", help="compress until FLOPs drop by T")
+    target.add_argument("--target-params-drop", type=float, metavar="T", help="compress until params drop by T")
+    p.add_argument("--epochs", type=int, help="training epochs (budget.epochs)")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (budget.finetune_epochs)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--cache-dir", help="trained-model cache and checkpoints (default .cache/lorita-bench)")
+    p.add_argument("--force", action="store_true", help="run again even if this config already FINISHED")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="lorita-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    sub.add_parser("methods", help="list the registered methods")
+    ui = sub.add_parser("ui", help="serve the MLflow UI for the current tracking store")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    """The validated RunConfig that the flags, --config and --set describe."""
+    data = load_yaml(args.config) if args.config else {}
+    overrides = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items() if getattr(args, dest) is not None}
+    if args.target_flops_drop is not None:
+        overrides.update(target_metric="flops_drop", target=args.target_flops_drop)
+    if args.target_params_drop is not None:
+        overrides.update(target_metric="params_drop", target=args.target_params_drop)
+    overrides.update(parse_assignment(text) for text in args.set)
+    return make_config(apply_overrides(data, overrides))
+
+
+def _summary(result) -> str:
+    from benchmarks import schema
+
+    rows = [("run", result.run_id or "-"), ("status", result.status),
+            ("trained model", "reused from cache" if result.cache_hit else "trained now")]
+    m = result.metrics
+    for name, fmt in [(schema.ACC_TRAINED, "{:.4f}"), (schema.ACC_COMPRESSED, "{:.4f}"),
+                      (schema.ACC_FINETUNED, "{:.4f}"), (schema.FLOPS_BASE, "{:,.0f}"), (schema.FLOPS, "{:,.0f}"),
+                      (schema.FLOPS_DROP, "{:.1%}"), (schema.PARAMS_BASE, "{:,.0f}"), (schema.PARAMS, "{:,.0f}"),
+                      (schema.PARAMS_DROP, "{:.1%}"), (schema.LATENCY_MS_B1, "{:.3f} ms"),
+                      (schema.LATENCY_MS_B128, "{:.3f} ms"), (schema.TRAIN_TIME_S, "{:.1f} s")]:
+        if name in m:
+            rows.append((name, fmt.format(m[name])))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `lorita-bench` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "methods":
+            from benchmarks.methods import known_methods
+
+            for name, description in known_methods().items():
+                print(f"{name:<12} {description}")
+            return 0
+        if args.command == "ui":
+            from benchmarks import tracking
+
+            tracking.serve_ui(args.host, args.port)
+            return 0
+        cfg = config_from_args(args)
+        from benchmarks.pipeline import execute
+
+        result = execute(cfg, force=args.force, latency=not args.no_latency)
+    except (ConfigError, ValueError, OSError) as err:
+        print(f"lorita-bench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lorita-bench: interrupted", file=sys.stderr)
+        return 130
+    print(f"\n{cfg.method} on {cfg.model}/{cfg.dataset} (seed {cfg.seed}):")
+    print(_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Run configuration: plain dataclasses loaded from YAML or flags, validated once at the door."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A one-line message naming the bad key and what is allowed."""
+
+
+def _spec(default: Any, allowed: str, ok: Callable[[Any], bool], *, kind: type | None = None, **kw: Any) -> Any:
+    metadata = {"allowed": allowed, "ok": ok, "kind": kind}
+    if callable(default) and not isinstance(default, str | int | float):
+        return field(default_factory=default, metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
+
+
+def _int(low: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _real(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = True):
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return False
+        above = v > low if low_open else v >= low
+        below = high is None or (v < high if high_open else v <= high)
+        return above and below
+
+    return ok
+
+
+def _choice(*choices: str) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("plateau", "cosine", "step", "constant")
+AUGMENTS = ("auto", "none", "crop_flip")
+TARGET_METRICS = ("flops_drop", "params_drop")
+MODES = ("auto", "activation", "weight")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything that must be identical across the methods of one comparison (the seed is not)."""
+
+    epochs: int = _spec(30, "an integer >= 0", _int(0))
+    finetune_epochs: int = _spec(5, "an integer >= 0", _int(0))
+    optimizer: str = _spec("sgd", f"one of {', '.join(OPTIMIZERS)}", _choice(*OPTIMIZERS))
+    lr: float = _spec(0.01, "a number > 0", _real(0, low_open=True), kind=float)
+    momentum: float = _spec(0.9, "a number in [0, 1)", _real(0, 1), kind=float)
+    weight_decay: float = _spec(1e-3, "a number >= 0", _real(0), kind=float)
+    label_smoothing: float = _spec(0.1, "a number in [0, 1)", _real(0, 1), kind=float)
+    batch_size: int = _spec(128, "an integer >= 1", _int(1))
+    schedule: str = _spec("plateau", f"one of {', '.join(SCHEDULES)}", _choice(*SCHEDULES))
+    # The authors' ReduceLROnPlateau on train accuracy.
+    plateau_factor: float = _spec(0.1, "a number in (0, 1)", _real(0, 1, low_open=True), kind=float)
+    plateau_patience: int = _spec(15, "an integer >= 0", _int(0))
+    finetune_lr: float = _spec(0.001, "a number > 0", _real(0, low_open=True), kind=float)
+    finetune_schedule: str = _spec("cosine", f"one of {', '.join(SCHEDULES)}", _choice(*SCHEDULES))
+    augment: str = _spec("auto", f"one of {', '.join(AUGMENTS)}", _choice(*AUGMENTS))
+    val_fraction: float = _spec(0.0, "a number in [0, 1)", _real(0, 1), kind=float)
+
+    def hash(self) -> str:
+        """Short stable hash: runs of one comparison share it."""
+        return stable_hash(dataclasses.asdict(self))
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list | tuple) and all(isinstance(p, str) for p in v)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One method at one compression target under one budget and seed."""
+
+    experiment: str = _spec("lorita-bench", "a non-empty string", lambda v: isinstance(v, str) and bool(v))
+    model: str = _spec("fcn", "a model name (see lorita-bench run --help)", lambda v: isinstance(v, str) and bool(v))
+    model_kwargs: dict = _spec(dict, "a mapping of model options", lambda v: isinstance(v, dict))
+    dataset: str = _spec("digits", "a dataset name", lambda v: isinstance(v, str) and bool(v))
+    data_root: str | None = _spec(None, "a directory path", lambda v: v is None or isinstance(v, str))
+    method: str = _spec("lorita", "a method name", lambda v: isinstance(v, str) and bool(v))
+    method_options: dict = _spec(dict, "a mapping of method options", lambda v: isinstance(v, dict))
+    # None resolves to 3 for lorita and 1 for every other method (they train the plain network).
+    factors: int | None = _spec(None, "an integer >= 1", lambda v: v is None or _int(1)(v))
+    mode: str = _spec("auto", f"one of {', '.join(MODES)}", _choice(*MODES))
+    target_metric: str | None = _spec(None, f"one of {', '.join(TARGET_METRICS)}",
+                                      lambda v: v is None or v in TARGET_METRICS)
+    target: float | None = _spec(None, "a number in (0, 1)",
+                                 lambda v: v is None or _real(0, 1, low_open=True)(v), kind=float)
+    # Module-name globs kept whole by compression; None keeps the classifier whole.
+    exclude: list | None = _spec(None, "a list of module-name glob patterns", lambda v: v is None or _is_str_list(v))
+    seed: int = _spec(0, "an integer >= 0", _int(0))
+    device: str = _spec("auto", "auto, cpu, cuda or cuda:N",
+                        lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or v.startswith("cuda:")))
+    cache_dir: str = _spec(".cache/lorita-bench", "a directory path", lambda v: isinstance(v, str) and bool(v))
+    budget: Budget = field(default_factory=Budget)
+
+    def config_hash(self) -> str:
+        """Hash of everything that defines the run's result (not where it runs or is stored)."""
+        d = dataclasses.asdict(self)
+        for key in ("experiment", "data_root", "device", "cache_dir"):
+            d.pop(key)
+        return stable_hash(d)
+
+
+def stable_hash(obj: Any) -> str:
+    """12 hex digits of the SHA-256 of `obj` as canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _coerce(cls: type, prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config: {prefix.rstrip('.') or 'the file'} must be a mapping; got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"config: unknown key {name!r}; allowed: {', '.join(fields)}")
+        f = fields[key]
+        if key == "budget" and cls is RunConfig:
+            out[key] = Budget(**_coerce(Budget, "budget.", {} if value is None else value))
+            continue
+        # PyYAML reads 1e-3 as a string (YAML 1.1); accept numeric strings for real-valued fields.
+        if f.metadata.get("kind") is float and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if not f.metadata["ok"](value):
+            raise ConfigError(f"config: {name} must be {f.metadata['allowed']}; got {value!r}")
+        out[key] = float(value) if f.metadata.get("kind") is float and value is not None else value
+    return out
+
+
+def make_config(data: Mapping[str, Any]) -> RunConfig:
+    """A validated RunConfig from a (possibly nested) mapping."""
+    return RunConfig(**_coerce(RunConfig, "", data))
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`key.sub=value` -> ("key.sub", YAML-parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value (e.g. budget.lr=0.05); got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key.strip(), raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (budget.lr) in a nested mapping copy."""
+    data = json.loads(json.dumps(data))
+    for dotted, value in overrides.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config: {dotted!r} sets a key inside {part!r}, which is not a mapping")
+        node[last] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML file, with a one-line error for a missing or malformed file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"config: cannot read {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config: {path}{where} is not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of keys; got {type(data).__name__}")
+    return data
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain nested dict (for YAML artifacts and MLflow params)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,396 @@
+"""In-memory datasets as uint8 tensors, with batched normalization and crop/flip augmentation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch import Tensor
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from tqdm import tqdm
+
+DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder:<path>")
+
+# Per-channel statistics on the 0..1 scale. The digits values are those of its fixed 80/20 train split
+# (population std over all train pixels); tests recompute them.
+DIGITS_MEAN, DIGITS_STD = (0.3054,), (0.3760,)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+# Independent of the run seed so that every run of every method sees the same digits test set.
+DIGITS_SPLIT_STATE = 0
+PAD = 4  # zero padding of the random crop, as in the usual CIFAR recipe
+_CACHE_VERSION = 1  # bump when the cached payload changes so old caches are rebuilt
+
+
+class DataError(ValueError):
+    """A dataset cannot be loaded or an argument is invalid (one-line message)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Train/val/test splits as uint8 (N, C, H, W) images and int64 labels on one device."""
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    num_classes: int
+    in_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_flip: bool
+
+
+@dataclass(frozen=True)
+class _Splits:
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_flip: bool
+    num_classes: int
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_root: str | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    download: bool = True,
+    cache_dir: str | None = None,
+) -> Dataset:
+    """Load dataset `name` (see DATASETS) into memory, carving a stratified validation slice from train."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    root = data_root if data_root is not None else "data"  # torchvision datasets default to ./data
+    if name == "digits":
+        splits = _load_digits()
+    elif name == "mnist":
+        splits = _load_mnist(root, download)
+    elif name in ("cifar10", "cifar100"):
+        splits = _load_cifar(name, root, download)
+    elif name.startswith("imagefolder:") and name != "imagefolder:":
+        folder = Path(name.removeprefix("imagefolder:")).expanduser()
+        # A relative folder is looked up under data_root when one is given, else under the cwd.
+        if data_root is not None and not folder.is_absolute():
+            folder = Path(data_root) / folder
+        splits = _load_imagefolder(name, folder, cache_dir)
+    else:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    train_x, train_y, val_x, val_y = _split_val(splits.train_x, splits.train_y, val_fraction, seed)
+    c, h, w = splits.train_x.shape[1:]
+    return Dataset(
+        name=name,
+        train_x=train_x.to(device),
+        train_y=train_y.to(device),
+        test_x=splits.test_x.to(device),
+        test_y=splits.test_y.to(device),
+        val_x=val_x.to(device),
+        val_y=val_y.to(device),
+        num_classes=splits.num_classes,
+        in_shape=(c, h, w),
+        mean=splits.mean,
+        std=splits.std,
+        crop_flip=splits.crop_flip,
+    )
+
+
+def normalize(x_uint8: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Scale uint8 (N, C, H, W) images to 0..1 and standardize each channel; returns float32."""
+    if x_uint8.dtype != torch.uint8:
+        raise DataError(f"x_uint8 must have dtype torch.uint8, got {x_uint8.dtype}")
+    channels = x_uint8.shape[1]
+    if len(mean) != channels or len(std) != channels:
+        raise DataError(f"mean and std need one value per channel ({channels}), got {len(mean)} and {len(std)}")
+    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
+    return (x_uint8.float() / 255.0 - m) / s
+
+
+def batches(
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: bool,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield normalized float32 batches on x's device; all randomness comes from the CPU `generator`."""
+    if batch_size < 1:
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n = x.shape[0]
+    if shuffle:
+        order = torch.randperm(n, generator=generator).to(x.device)
+    else:
+        order = torch.arange(n, device=x.device)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        if drop_last and idx.numel() < batch_size:
+            break
+        xb = x[idx]
+        if augment:
+            xb = random_crop_flip(xb, generator)
+        yield normalize(xb, mean, std), y[idx]
+
+
+def random_crop_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Random crop after PAD-pixel zero padding plus random horizontal flip of every image in a batch."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (PAD, PAD, PAD, PAD))
+    # Draw on the CPU generator so the stream does not depend on the device.
+    dy = torch.randint(0, 2 * PAD + 1, (b,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * PAD + 1, (b,), generator=generator).to(x.device)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    ramp = torch.arange(w, device=x.device)
+    # A flip is the crop read right to left, so crop and flip are one gather.
+    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - ramp, ramp)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std of uint8 (N, C, H, W) images on the 0..1 scale."""
+    # From per-channel histograms of the 256 levels: exact, and ten times faster than float64 sums.
+    hist = torch.stack([torch.bincount(x[:, c].reshape(-1), minlength=256) for c in range(x.shape[1])])
+    hist = hist.cpu().double()
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    count = hist[0].sum()
+    mean = hist @ levels / count
+    std = (hist @ levels.square() / count - mean.square()).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _split_val(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if fraction == 0.0:
+        return x, y, x[:0], y[:0]
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    is_val = torch.zeros(len(y), dtype=torch.bool)
+    for label in torch.unique(y):
+        members = perm[y[perm] == label]
+        is_val[members[: round(len(members) * fraction)]] = True
+    return x[~is_val], y[~is_val], x[is_val], y[is_val]
+
+
+def _load_digits() -> _Splits:
+    # Imported here: scikit-learn adds about a second to every start and only digits needs it.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.rint(digits.data * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8)
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, digits.target, test_size=0.2, stratify=digits.target, random_state=DIGITS_SPLIT_STATE
+    )
+    return _Splits(
+        train_x=torch.from_numpy(train_x),
+        train_y=torch.from_numpy(train_y).long(),
+        test_x=torch.from_numpy(test_x),
+        test_y=torch.from_numpy(test_y).long(),
+        mean=DIGITS_MEAN,
+        std=DIGITS_STD,
+        crop_flip=False,
+        num_classes=10,
+    )
+
+
+def _torchvision_splits(name: str, cls: type, root: str, download: bool, expected: str) -> tuple[Any, Any]:
+    try:
+        return cls(root, train=True, download=False), cls(root, train=False, download=False)
+    except RuntimeError:
+        failure = "download disabled"
+    if download:
+        try:
+            return cls(root, train=True, download=True), cls(root, train=False, download=True)
+        except (OSError, RuntimeError) as err:
+            # torchvision's MNIST error spans lines; the last one holds the cause
+            lines = str(err).strip().splitlines()
+            failure = f"download failed: {lines[-1].strip() if lines else type(err).__name__}"
+    raise DataError(
+        f"dataset {name!r}: no valid copy under {expected}; put them there or run with network access ({failure})"
+    )
+
+
+def _load_mnist(root: str, download: bool) -> _Splits:
+    raw = os.path.join(os.path.abspath(root), "MNIST", "raw")
+    files = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+    train, test = _torchvision_splits(
+        "mnist", torchvision.datasets.MNIST, root, download, f"{raw} (expected {files})"
+    )
+    return _Splits(
+        train_x=train.data.unsqueeze(1).contiguous(),
+        train_y=train.targets.long(),
+        test_x=test.data.unsqueeze(1).contiguous(),
+        test_y=test.targets.long(),
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
+        crop_flip=False,
+        num_classes=10,
+    )
+
+
+def _load_cifar(name: str, root: str, download: bool) -> _Splits:
+    if name == "cifar10":
+        cls, folder, files = torchvision.datasets.CIFAR10, "cifar-10-batches-py", "data_batch_1..5, test_batch"
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+        files += ", batches.meta"
+    else:
+        cls, folder, files = torchvision.datasets.CIFAR100, "cifar-100-python", "train, test, meta"
+        mean, std = CIFAR100_MEAN, CIFAR100_STD
+    where = f"{os.path.join(os.path.abspath(root), folder)} (expected {files}, matching torchvision's md5 sums)"
+    train, test = _torchvision_splits(name, cls, root, download, where)
+    return _Splits(
+        train_x=torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(),
+        train_y=torch.tensor(train.targets, dtype=torch.long),
+        test_x=torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(),
+        test_y=torch.tensor(test.targets, dtype=torch.long),
+        mean=mean,
+        std=std,
+        crop_flip=True,
+        num_classes=len(train.classes),
+    )
+
+
+def _load_imagefolder(name: str, folder: Path, cache_dir: str | None) -> _Splits:
+    folder = folder.resolve()
+    train_files, classes = _list_split(name, folder, "train", None)
+    test_files, _ = _list_split(name, folder, "test", classes)
+    key = hashlib.sha256(f"v{_CACHE_VERSION}\n{folder}\n".encode())
+    skip = len(str(folder)) + 1
+    for path, _ in train_files + test_files:
+        stat = os.stat(path)
+        key.update(f"{path[skip:]}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    cache_root = Path(cache_dir or os.environ.get("LORITA_BENCH_CACHE") or ".cache/lorita-bench")
+    cache = cache_root / f"imagefolder-{key.hexdigest()[:24]}.pt"
+    payload = _read_cache(cache)
+    if payload is None:
+        payload = _decode_imagefolder(name, train_files, test_files)
+        _write_cache(cache, payload)
+    mean, std = tuple(payload["mean"]), tuple(payload["std"])
+    c, h, w = payload["train_x"].shape[1:]
+    return _Splits(
+        train_x=payload["train_x"],
+        train_y=payload["train_y"],
+        test_x=payload["test_x"],
+        test_y=payload["test_y"],
+        mean=mean,
+        std=std,
+        crop_flip=c == 3 and h >= 32 and w >= 32,
+        num_classes=len(classes),
+    )
+
+
+def _list_split(
+    name: str, folder: Path, split: str, classes: list[str] | None
+) -> tuple[list[tuple[str, int]], list[str]]:
+    base = folder / split
+    if not base.is_dir():
+        raise DataError(f"dataset {name!r}: missing folder {base} (expected {split}/<class>/<image> files)")
+    found = sorted(entry.name for entry in os.scandir(base) if entry.is_dir())
+    if classes is not None and found != classes:
+        raise DataError(f"dataset {name!r}: classes in {base} {found} differ from those in train {classes}")
+    if not found:
+        raise DataError(f"dataset {name!r}: no class folders in {base}")
+    files = []
+    # Same walk and ordering as torchvision's ImageFolder, so labels and order match it. Plain strings, not
+    # Path objects: pathlib made listing 60,000 files take seconds.
+    for label, cls in enumerate(found):
+        count = len(files)
+        for directory, _, names in sorted(os.walk(base / cls, followlinks=True)):
+            for fname in sorted(names):
+                if fname.lower().endswith(IMG_EXTENSIONS):
+                    files.append((os.path.join(directory, fname), label))
+        if len(files) == count:
+            raise DataError(
+                f"dataset {name!r}: class folder {base / cls} has no image files ({', '.join(IMG_EXTENSIONS)})"
+            )
+    return files, found
+
+
+def _decode_imagefolder(name: str, train: list[tuple[str, int]], test: list[tuple[str, int]]) -> dict:
+    images = []
+    size = None
+    for path, _ in tqdm(train + test, desc=f"decoding {name}", unit="img", leave=False):
+        with Image.open(path) as img:
+            gray = img.mode in ("1", "L")
+            array = np.asarray(img.convert("L" if gray else "RGB"))
+        if size is None:
+            size, first = array.shape[:2], path
+        elif array.shape[:2] != size:
+            raise DataError(
+                f"dataset {name!r}: {path} is {array.shape[1]}x{array.shape[0]} but {first} is "
+                f"{size[1]}x{size[0]}; all images must share one size"
+            )
+        images.append(array[None] if gray else array.transpose(2, 0, 1))
+    channels = max(image.shape[0] for image in images)
+    # A folder mixing grayscale and colour images becomes RGB throughout.
+    stacked = torch.from_numpy(np.stack([np.broadcast_to(image, (channels, *size)) for image in images]))
+    labels = torch.tensor([label for _, label in train + test], dtype=torch.long)
+    train_x, test_x = stacked[: len(train)].clone(), stacked[len(train) :].clone()
+    mean, std = channel_stats(train_x)
+    return {
+        "train_x": train_x,
+        "train_y": labels[: len(train)].clone(),
+        "test_x": test_x,
+        "test_y": labels[len(train) :].clone(),
+        "mean": list(mean),
+        "std": list(std),
+    }
+
+
+def _read_cache(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, weights_only=True)
+        _check_payload(payload)
+    except Exception as err:  # any unreadable or malformed cache is rebuilt, never trusted
+        warnings.warn(f"ignoring corrupt dataset cache {path} ({type(err).__name__}); rebuilding it", stacklevel=4)
+        return None
+    return payload
+
+
+def _check_payload(payload: object) -> None:
+    if not isinstance(payload, dict):
+        raise TypeError("cache payload is not a dict")
+    for split in ("train", "test"):
+        x, y = payload[f"{split}_x"], payload[f"{split}_y"]
+        if x.dtype != torch.uint8 or x.dim() != 4 or y.dtype != torch.long or y.shape != x.shape[:1]:
+            raise TypeError(f"cached {split} tensors have the wrong dtype or shape")
+    if not len(payload["mean"]) == len(payload["std"]) == payload["train_x"].shape[1]:
+        raise TypeError("cached mean/std do not match the channel count")
+
+
+def _write_cache(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, tmp)
+        # Atomic rename so a concurrent or interrupted run never sees a half-written cache.
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not write dataset cache {path} ({err}); continuing without it", stacklevel=4)

@@ -1,0 +1,312 @@
+"""One run end to end: train (or reuse the cached trained model), compress, fine-tune, measure, record."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from filelock import FileLock
+from torch import nn
+from tqdm.auto import tqdm
+
+import lorita
+from benchmarks import methods, schema, tracking
+from benchmarks.config import RunConfig, config_to_dict, stable_hash
+from benchmarks.data import Dataset, batches, load_dataset
+from benchmarks.measure import keep_curve, latency_ms
+from benchmarks.models import create_model
+from benchmarks.train import Phase, evaluate, train
+
+# Budget fields that only shape fine-tuning: the trained model does not depend on them.
+FINETUNE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_schedule")
+# Batches fed to data-driven pruning criteria (Taylor, Hessian).
+CRITERION_BATCHES = 4
+
+
+@dataclass
+class RunResult:
+    """What a run produced, for the CLI summary and sweeps."""
+
+    config: RunConfig
+    run_id: str | None
+    status: str  # FINISHED, FAILED, KILLED or SKIPPED (already finished in the store)
+    metrics: dict[str, float] = field(default_factory=dict)
+    cache_hit: bool = False
+    error: str | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"config: device {name!r} requested but no CUDA GPU is available; use auto or cpu")
+    return device
+
+
+def check_writable(path: str | Path) -> Path:
+    """Create `path` if needed and prove it is writable before any training starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"output directory {path} is not writable: {err.strerror}") from None
+    return path
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment_tags(device: torch.device) -> dict[str, str]:
+    """Where and with what a run ran."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {schema.TAG_GIT_COMMIT: _git_commit(), schema.TAG_TORCH_VERSION: torch.__version__,
+            schema.TAG_CPU_MODEL: _cpu_model(), schema.TAG_THREADS: str(torch.get_num_threads()),
+            schema.TAG_GPU_NAME: gpu}
+
+
+def _phase(cfg: RunConfig, data: Dataset, *, finetune: bool, epochs: int | None = None) -> Phase:
+    b = cfg.budget
+    augment = data.crop_flip if b.augment == "auto" else b.augment == "crop_flip"
+    if epochs is None:
+        epochs = b.finetune_epochs if finetune else b.epochs
+    return Phase(epochs=epochs,
+                 lr=b.finetune_lr if finetune else b.lr,
+                 schedule=b.finetune_schedule if finetune else b.schedule, optimizer=b.optimizer,
+                 momentum=b.momentum, weight_decay=b.weight_decay, label_smoothing=b.label_smoothing,
+                 batch_size=b.batch_size, augment=augment, plateau_factor=b.plateau_factor,
+                 plateau_patience=b.plateau_patience, prefix="ft_" if finetune else "")
+
+
+def _fresh_model(cfg: RunConfig, data: Dataset) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    return create_model(cfg.model, data.num_classes, data.in_shape, **cfg.model_kwargs)
+
+
+def trained_key(cfg: RunConfig) -> str:
+    """Cache identity of the trained model: everything upstream of training, nothing downstream."""
+    budget = {k: v for k, v in dataclasses.asdict(cfg.budget).items() if k not in FINETUNE_FIELDS}
+    return stable_hash({"model": cfg.model, "model_kwargs": cfg.model_kwargs, "dataset": cfg.dataset,
+                        "budget": budget, "seed": cfg.seed, "mode": cfg.mode, **methods.training_family(cfg)})
+
+
+def _load_state(path: Path, model: nn.Module) -> bool:
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return True
+    except Exception as err:  # noqa: BLE001 - a corrupt or foreign cache file means: train again
+        tqdm.write(f"cached model {path} unusable ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+                   "training again")
+        return False
+
+
+@dataclass
+class Trained:
+    model: nn.Module  # as trained (composed for LoRITa)
+    meta: dict  # history, train_time_s, acc_trained, acc_at_keep, spectra
+    cache_hit: bool
+
+
+def obtain_trained(cfg: RunConfig, data: Dataset, device: torch.device, log) -> Trained:
+    """The trained model from the cache, or trained now (resumable) and cached for every later target."""
+    folder = Path(cfg.cache_dir) / "trained" / trained_key(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = methods.build_for_training(cfg, _fresh_model(cfg, data)).to(device)
+    # One process trains a given model; another asking for it waits, then reuses it.
+    with FileLock(str(folder / ".lock")):
+        meta_path, state_path = folder / "meta.json", folder / "model.pt"
+        if meta_path.exists() and state_path.exists() and _load_state(state_path, model):
+            meta = json.loads(meta_path.read_text())
+            tqdm.write(f"reusing trained model {folder} (trained in {meta['train_time_s']:.1f} s)")
+            for epoch, metrics in enumerate(meta["history"], 1):
+                log(metrics, epoch)
+            return Trained(model.to(device), meta, cache_hit=True)
+        example = torch.zeros(2, *data.in_shape, device=device)
+        hook = methods.training_hook(cfg, model, example)
+        started = time.perf_counter()
+        history = train(model, data, _phase(cfg, data, finetune=False), seed=cfg.seed,
+                        checkpoint=folder / "checkpoint.pt", log=log, after_backward=hook, desc="train")
+        train_time = time.perf_counter() - started
+        plain = methods.uncompressed(cfg, model)
+        exclude = methods.exclude_patterns(cfg, plain)
+        meta = {"history": history, "train_time_s": train_time,
+                "acc_trained": evaluate(model, data.test_x, data.test_y, data),
+                "acc_at_keep": keep_curve(plain, lambda m: evaluate(m, data.test_x, data.test_y, data), exclude),
+                "spectra": {k: v.tolist() for k, v in lorita.spectra(plain).items()}}
+        _save_json(meta, meta_path)
+        tmp = state_path.with_name(f".model.{os.getpid()}.tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, state_path)
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
+        return Trained(model, meta, cache_hit=False)
+
+
+def _save_json(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def _criterion_batches(cfg: RunConfig, data: Dataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    order = torch.Generator().manual_seed(cfg.seed)
+    it = batches(data.train_x, data.train_y, cfg.budget.batch_size, mean=data.mean, std=data.std, augment=False,
+                 shuffle=True, generator=order)
+    return [b for _, b in zip(range(CRITERION_BATCHES), it, strict=False)]
+
+
+def _split_epochs(total: int, steps: int) -> list[int]:
+    return [total // steps + (1 if i < total % steps else 0) for i in range(steps)]
+
+
+def compress_and_finetune(cfg: RunConfig, data: Dataset, base: nn.Module, device: torch.device, log
+                          ) -> tuple[nn.Module, dict, float, list[dict]]:
+    """Compress to the target in `steps` rounds, fine-tuning between them within the one fine-tune budget."""
+    example = torch.zeros(1, *data.in_shape, device=device)
+    reference = lorita.count_flops_params(base, example)
+    folder = check_writable(Path(cfg.cache_dir) / "runs" / cfg.config_hash())
+    steps = methods.prune_steps(cfg)
+    train_batches = _criterion_batches(cfg, data)
+    model, structure, acc_compressed, history = base, {}, float("nan"), []
+    for i, epochs in enumerate(_split_epochs(cfg.budget.finetune_epochs, steps), 1):
+        model, structure = methods.compress(cfg, copy.deepcopy(model), target=cfg.target * i / steps,
+                                            reference=reference, example=example, train_batches=train_batches)
+        model = model.to(device)
+        acc_compressed = evaluate(model, data.test_x, data.test_y, data)
+        offset = len(history)
+        history += train(model, data, _phase(cfg, data, finetune=True, epochs=epochs), seed=cfg.seed + i,
+                         checkpoint=folder / f"finetune-{i}.pt", log=lambda m, e, o=offset: log(m, o + e),
+                         desc=f"fine-tune {i}/{steps}")
+    return model, structure, acc_compressed, history
+
+
+def _measure_size(model: nn.Module, data: Dataset, device: torch.device) -> tuple[int, int]:
+    return lorita.count_flops_params(model, torch.zeros(1, *data.in_shape, device=device))
+
+
+def measure_latency(model: nn.Module, in_shape: tuple[int, ...], device: torch.device) -> dict[str, float]:
+    """Median forward latency at batch 1 and 128 on the CPU, and on the GPU when the run has one."""
+    out = {schema.LATENCY_MS_B1: latency_ms(model, in_shape, 1, torch.device("cpu")),
+           schema.LATENCY_MS_B128: latency_ms(model, in_shape, 128, torch.device("cpu"))}
+    if device.type == "cuda":
+        out[schema.LATENCY_MS_B1_GPU] = latency_ms(model, in_shape, 1, device)
+        out[schema.LATENCY_MS_B128_GPU] = latency_ms(model, in_shape, 128, device)
+    return out
+
+
+def run_tags(cfg: RunConfig, device: torch.device) -> dict[str, str]:
+    """Tags identifying the run and its comparison group."""
+    return {schema.TAG_METHOD: cfg.method, schema.TAG_MODEL: cfg.model, schema.TAG_DATASET: cfg.dataset,
+            schema.TAG_FACTORS: str(cfg.factors), schema.TAG_BUDGET_HASH: cfg.budget.hash(),
+            schema.TAG_CONFIG_HASH: cfg.config_hash(), **environment_tags(device)}
+
+
+def run_name(cfg: RunConfig) -> str:
+    """Human-readable run name: model-dataset-method[-factors][-target]-seed."""
+    parts = [cfg.model, cfg.dataset.split("/")[-1], cfg.method]
+    if cfg.method == "lorita":
+        parts.append(f"N{cfg.factors}")
+    if cfg.target is not None:
+        parts.append(f"{cfg.target_metric.removesuffix('_drop')}{cfg.target:g}")
+    return "-".join([*parts, f"s{cfg.seed}"])
+
+
+def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = False,
+            latency: bool = True) -> RunResult:
+    """Run one benchmark end to end and record it; a failure is recorded FAILED and re-raised."""
+    cfg = methods.resolve(cfg)
+    device = resolve_device(cfg.device)
+    check_writable(cfg.cache_dir)
+    tracking.ensure_store()
+    if not force:
+        existing = tracking.find_run(cfg.experiment, cfg.config_hash())
+        if existing is not None:
+            tqdm.write(f"already finished in the store as run {existing}: skipped (use --force to run again)")
+            return RunResult(cfg, existing, "SKIPPED")
+    data = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction, seed=cfg.seed,
+                        device=device, cache_dir=cfg.cache_dir)
+    run_id = tracking.start_run(cfg.experiment, run_name(cfg), params=config_to_dict(cfg),
+                                tags=run_tags(cfg, device), parent_run_id=parent_run_id)
+    tracking.log_text(run_id, schema.ARTIFACT_CONFIG, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        tracking.log_metrics(run_id, metrics, step=step)
+
+    try:
+        result = _stages(cfg, data, device, run_id, log, latency)
+    except KeyboardInterrupt:
+        tracking.end_run(run_id, "KILLED", error="interrupted")
+        raise
+    except BaseException as err:
+        tracking.end_run(run_id, "FAILED", error=f"{type(err).__name__}: {err}")
+        raise
+    tracking.end_run(run_id, "FINISHED")
+    return result
+
+
+def _stages(cfg: RunConfig, data: Dataset, device: torch.device, run_id: str, log, latency: bool) -> RunResult:
+    trained = obtain_trained(cfg, data, device, log)
+    tracking.set_tags(run_id, {schema.TAG_CACHE_HIT: "true" if trained.cache_hit else "false"})
+    base = methods.uncompressed(cfg, trained.model)
+    flops_base, params_base = _measure_size(base, data, device)
+    acc_trained = trained.meta["acc_trained"]
+    if cfg.method == "dense":
+        final, structure, acc_compressed, acc_finetuned = base, {"kind": "dense"}, acc_trained, acc_trained
+    else:
+        final, structure, acc_compressed, _ = compress_and_finetune(cfg, data, base, device, log)
+        acc_finetuned = evaluate(final, data.test_x, data.test_y, data)
+    flops, params = _measure_size(final, data, device)
+    metrics = {schema.ACC_TRAINED: acc_trained, schema.ACC_COMPRESSED: acc_compressed,
+               schema.ACC_FINETUNED: acc_finetuned, schema.FLOPS: flops, schema.PARAMS: params,
+               schema.FLOPS_BASE: flops_base, schema.PARAMS_BASE: params_base,
+               schema.FLOPS_DROP: 1 - flops / flops_base, schema.PARAMS_DROP: 1 - params / params_base,
+               schema.TRAIN_TIME_S: trained.meta["train_time_s"]}
+    if latency:
+        metrics.update(measure_latency(final, data.in_shape, device))
+    tracking.log_metrics(run_id, metrics)
+    tracking.log_series(run_id, schema.ACC_AT_KEEP, {int(k): v for k, v in trained.meta["acc_at_keep"].items()})
+    tracking.log_json(run_id, schema.ARTIFACT_SPECTRA, trained.meta["spectra"])
+    if structure.get("kind") == "lowrank":
+        tracking.log_json(run_id, schema.ARTIFACT_RANKS, structure["ranks"])
+    structure = {**structure, "num_classes": data.num_classes, "in_shape": list(data.in_shape)}
+    tracking.log_state(run_id, {k: v.cpu() for k, v in final.state_dict().items()}, structure)
+    return RunResult(cfg, run_id, "FINISHED", metrics, cache_hit=trained.cache_hit)
+
+
+def load_model(run_id: str) -> nn.Module:
+    """The compressed model a run produced, rebuilt from its config and structure (weights_only loading)."""
+    cfg_dict = yaml.safe_load(tracking.load_text(run_id, schema.ARTIFACT_CONFIG))
+    state, structure = tracking.load_state(run_id)
+    cfg_dict.pop("budget", None)
+    model = create_model(cfg_dict["model"], structure["num_classes"], tuple(structure["in_shape"]),
+                         **cfg_dict["model_kwargs"])
+    model = methods.rebuild(model, structure)
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,114 @@
+"""Names of everything a benchmark run records in MLflow: params, metrics, tags, artifacts and statuses.
+
+These names are a contract: training writes them, reports and the CLI read them back, the README lists
+them. Change one only together with every reader (old runs keep the old name).
+
+In search results (``tracking.search_runs``) each name appears as a column prefixed by its kind:
+``params.<key>``, ``metrics.<name>``, ``tags.<name>``.
+"""
+
+# --- Params -------------------------------------------------------------------------------------------
+# A run's params are its whole config, flattened: nested keys joined by this separator (e.g. the config
+# entry ``train: {lr: 0.1}`` becomes the param ``train.lr``); lists are stored as JSON strings.
+PARAM_KEY_SEP = "."
+
+# --- Per-epoch metrics, step = epoch -------------------------------------------------------------------
+TRAIN_LOSS = "train_loss"
+TRAIN_ACC = "train_acc"
+TEST_ACC = "test_acc"
+LR = "lr"
+VAL_ACC = "val_acc"
+EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACC, TEST_ACC, LR, VAL_ACC)
+
+# Fine-tuning after compression: the same quantities, step = fine-tuning epoch.
+FT_TRAIN_LOSS = "ft_train_loss"
+FT_TRAIN_ACC = "ft_train_acc"
+FT_TEST_ACC = "ft_test_acc"
+FT_LR = "ft_lr"
+FT_VAL_ACC = "ft_val_acc"
+FT_EPOCH_METRICS = (FT_TRAIN_LOSS, FT_TRAIN_ACC, FT_TEST_ACC, FT_LR, FT_VAL_ACC)
+
+# --- Series --------------------------------------------------------------------------------------------
+# Test accuracy of the truncated model, step = percent of singular values kept.
+ACC_AT_KEEP = "acc_at_keep"
+
+# --- Final metrics (logged once) -----------------------------------------------------------------------
+ACC_TRAINED = "acc_trained"  # test accuracy of the trained, uncompressed model
+ACC_COMPRESSED = "acc_compressed"  # ... after compression, before fine-tuning
+ACC_FINETUNED = "acc_finetuned"  # ... after fine-tuning
+FLOPS = "flops"  # compressed model, fvcore multiply-adds for one input
+PARAMS = "params"  # compressed model, parameter count
+FLOPS_BASE = "flops_base"  # uncompressed model
+PARAMS_BASE = "params_base"
+FLOPS_DROP = "flops_drop"  # 1 - flops / flops_base
+PARAMS_DROP = "params_drop"  # 1 - params / params_base
+LATENCY_MS_B1 = "latency_ms_b1"  # CPU, batch size 1
+LATENCY_MS_B128 = "latency_ms_b128"  # CPU, batch size 128
+LATENCY_MS_B1_GPU = "latency_ms_b1_gpu"
+LATENCY_MS_B128_GPU = "latency_ms_b128_gpu"
+TRAIN_TIME_S = "train_time_s"
+FINAL_METRICS = (
+    ACC_TRAINED,
+    ACC_COMPRESSED,
+    ACC_FINETUNED,
+    FLOPS,
+    PARAMS,
+    FLOPS_BASE,
+    PARAMS_BASE,
+    FLOPS_DROP,
+    PARAMS_DROP,
+    LATENCY_MS_B1,
+    LATENCY_MS_B128,
+    LATENCY_MS_B1_GPU,
+    LATENCY_MS_B128_GPU,
+    TRAIN_TIME_S,
+)
+
+# --- Tags (string values; booleans are written "true"/"false", a None value is not written) -------------
+TAG_METHOD = "method"
+TAG_MODEL = "model"
+TAG_DATASET = "dataset"
+TAG_FACTORS = "factors"
+TAG_BUDGET_HASH = "budget_hash"
+TAG_CONFIG_HASH = "config_hash"  # the key of the trained-model cache: find_run looks runs up by it
+TAG_GIT_COMMIT = "git_commit"
+TAG_TORCH_VERSION = "torch_version"
+TAG_CPU_MODEL = "cpu_model"
+TAG_THREADS = "threads"
+TAG_GPU_NAME = "gpu_name"
+TAG_CACHE_HIT = "cache_hit"  # "true" when the trained model came from the cache, else "false"
+TAG_ERROR = "error"  # message of a FAILED run
+TAG_SWEEP = "sweep"  # name of the sweep, on the sweep's parent run and on each of its runs
+TAGS = (
+    TAG_METHOD,
+    TAG_MODEL,
+    TAG_DATASET,
+    TAG_FACTORS,
+    TAG_BUDGET_HASH,
+    TAG_CONFIG_HASH,
+    TAG_GIT_COMMIT,
+    TAG_TORCH_VERSION,
+    TAG_CPU_MODEL,
+    TAG_THREADS,
+    TAG_GPU_NAME,
+    TAG_CACHE_HIT,
+    TAG_ERROR,
+    TAG_SWEEP,
+)
+# MLflow's own tags, set by tracking.start_run; listed here for filters and report columns.
+TAG_RUN_NAME = "mlflow.runName"
+TAG_PARENT_RUN_ID = "mlflow.parentRunId"  # the MLflow UI nests a run under this parent
+
+# --- Artifacts (file names at the root of a run's artifacts) ----------------------------------------------
+ARTIFACT_CONFIG = "config.yaml"  # the resolved config the run was started with
+ARTIFACT_RANKS = "ranks.json"  # per-layer rank plan
+ARTIFACT_STRUCTURE = "structure.json"  # what rebuilding the compressed model needs (rank plan, channels)
+ARTIFACT_SPECTRA = "spectra.json"  # per-layer singular values of the trained model
+ARTIFACT_MODEL = "model.pt"  # final state dict (torch.save; load with weights_only=True)
+ARTIFACTS = (ARTIFACT_CONFIG, ARTIFACT_RANKS, ARTIFACT_STRUCTURE, ARTIFACT_SPECTRA, ARTIFACT_MODEL)
+
+# --- Run statuses (MLflow's names, as in the ``status`` column and ``attributes.status`` filters) ---------
+STATUS_RUNNING = "RUNNING"
+STATUS_FINISHED = "FINISHED"
+STATUS_FAILED = "FAILED"
+STATUS_KILLED = "KILLED"

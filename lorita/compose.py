@@ -1,0 +1,255 @@
+"""Over-parameterize layers as products of linear factors (LoRITa training) and collapse them back."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+from fnmatch import fnmatch
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("auto", "activation", "weight")
+# A single factor beyond this is almost always a mistake (torchvision VGG's 25088-input classifier
+# would need a 25088x25088 square factor: 630 M parameters).
+MAX_FACTOR_PARAMS = 50_000_000
+# Modules that read their Linear children's `.weight` directly instead of calling them, so replacing
+# those Linears would silently change nothing (or break the module).
+_WEIGHT_READERS = (nn.MultiheadAttention,)
+_WEIGHT_READER_NAMES = ("ShiftedWindowAttention", "ShiftedWindowAttentionV2")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+
+
+class ComposedLinear(nn.Module):
+    """A Linear(in->out) written as `factors-1` square in x in maps followed by in->out."""
+
+    def __init__(self, in_features: int, out_features: int, factors: int, bias: bool = True,
+                 mode: str = "auto", device=None, dtype=None) -> None:
+        super().__init__()
+        _check_mode(mode)
+        self.in_features, self.out_features, self.mode = in_features, out_features, mode
+        kw = {"device": device, "dtype": dtype}
+        square = [nn.Linear(in_features, in_features, bias=False, **kw) for _ in range(factors - 1)]
+        self.factors = nn.ModuleList([*square, nn.Linear(in_features, out_features, bias=bias, **kw)])
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.factors[-1].bias
+
+    def product_weight(self) -> torch.Tensor:
+        """The collapsed weight W_N ... W_1 (out x in)."""
+        weight = self.factors[-1].weight
+        for factor in reversed(self.factors[:-1]):
+            weight = weight @ factor.weight
+        return weight
+
+    def use_weight_product(self, x: torch.Tensor) -> bool:
+        """Whether multiplying the weights first costs fewer multiply-adds than chaining activations."""
+        if self.mode != "auto":
+            return self.mode == "weight"
+        rows = x.numel() // self.in_features
+        # Per extra factor: activation path rows*in^2, weight path out*in^2.
+        return self.out_features <= rows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_weight_product(x):
+            return F.linear(x, self.product_weight(), self.bias)
+        for factor in self.factors:
+            x = factor(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, factors={len(self.factors)}, mode={self.mode}"
+
+
+class ComposedConv2d(nn.Module):
+    """A k x k Conv2d(in->out) followed by `factors-1` 1x1 out x out convs, bias after the last."""
+
+    def __init__(self, conv: nn.Conv2d, factors: int, mode: str = "auto") -> None:
+        super().__init__()
+        _check_mode(mode)
+        self.mode = mode
+        out, has_bias = conv.out_channels, conv.bias is not None
+        kw = {"device": conv.weight.device, "dtype": conv.weight.dtype}
+        first = nn.Conv2d(conv.in_channels, out, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                          bias=has_bias and factors == 1, padding_mode=conv.padding_mode, **kw)
+        pointwise = [nn.Conv2d(out, out, 1, bias=has_bias and i == factors - 2, **kw) for i in range(factors - 1)]
+        self.factors = nn.ModuleList([first, *pointwise])
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.factors[-1].bias
+
+    def product_weight(self) -> torch.Tensor:
+        """The collapsed k x k kernel: every 1x1 factor folded into the first conv's output channels."""
+        first = self.factors[0].weight
+        weight = first.flatten(1)
+        for factor in self.factors[1:]:
+            weight = factor.weight.flatten(1) @ weight
+        return weight.view_as(first)
+
+    def use_weight_product(self, x: torch.Tensor) -> bool:
+        """Whether multiplying the weights first costs fewer multiply-adds than chaining activations."""
+        if self.mode != "auto":
+            return self.mode == "weight"
+        first = self.factors[0]
+        batch = x.numel() // (x.shape[-3] * x.shape[-2] * x.shape[-1])
+        h_out, w_out = _conv_output_size(first, x.shape[-2], x.shape[-1])
+        k = first.kernel_size[0] * first.kernel_size[1]
+        # Per extra factor: activation path B*H_out*W_out*out^2, weight path out^2*in*k*k.
+        return first.in_channels * k <= batch * h_out * w_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = self.factors[0]
+        if self.use_weight_product(x):
+            return first._conv_forward(x, self.product_weight(), self.bias)
+        for factor in self.factors:
+            x = factor(x)
+        return x
+
+    def extra_repr(self) -> str:
+        first = self.factors[0]
+        return (f"{first.in_channels}, {first.out_channels}, kernel_size={first.kernel_size}, "
+                f"stride={first.stride}, factors={len(self.factors)}, mode={self.mode}")
+
+
+COMPOSED = (ComposedLinear, ComposedConv2d)
+
+
+def _conv_output_size(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int]:
+    if conv.padding == "same":
+        return height, width
+    padding = (0, 0) if conv.padding == "valid" else conv.padding
+    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
+                 zip((height, width), conv.kernel_size, conv.stride, padding, conv.dilation, strict=True))
+
+
+def is_composed(model: nn.Module) -> bool:
+    """True when `model` still holds LoRITa composed layers (collapse it before compressing)."""
+    return any(isinstance(m, COMPOSED) for m in model.modules())
+
+
+def _matches(name: str, patterns: Sequence[str] | None) -> bool:
+    return any(fnmatch(name, p) for p in patterns or ())
+
+
+def _check_patterns(arg: str, patterns) -> None:
+    if patterns is not None and (isinstance(patterns, str) or
+                                 not all(isinstance(p, str) for p in patterns)):
+        raise ValueError(f"{arg} must be a list of module-name glob patterns (e.g. ['classifier*']); "
+                         f"got {patterns!r}")
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _weight_read_directly(model: nn.Module) -> set[str]:
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, _WEIGHT_READERS) or type(module).__name__ in _WEIGHT_READER_NAMES:
+            prefix = f"{name}." if name else ""
+            names.update(prefix + n for n, m in module.named_modules() if isinstance(m, nn.Linear) and n)
+    return names
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+
+
+def overparameterize(model: nn.Module, factors: int, *, include: Sequence[str] | None = None,
+                     exclude: Sequence[str] | None = None, mode: str = "auto") -> nn.Module:
+    """A copy of `model` whose Linear/Conv2d layers are each a product of `factors` linear maps."""
+    _check_model(model)
+    if isinstance(factors, bool) or not isinstance(factors, int) or factors < 1:
+        raise ValueError(f"factors must be an integer >= 1 (the paper's N); got {factors!r}")
+    _check_mode(mode)
+    _check_patterns("include", include)
+    _check_patterns("exclude", exclude)
+    if is_composed(model):
+        raise ValueError("model is already composed; call lorita.collapse(model) first")
+    model = copy.deepcopy(model)
+    if factors == 1:
+        return model
+    read_directly = _weight_read_directly(model)
+    skipped, targets = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or isinstance(module, COMPOSED):
+            continue
+        if (include is not None and not _matches(name, include)) or _matches(name, exclude):
+            continue
+        if name in read_directly:
+            skipped.append(f"{name} (weight read directly by its parent)")
+        elif isinstance(module, nn.Conv2d) and module.groups != 1:
+            skipped.append(f"{name} (groups={module.groups})")
+        else:
+            targets.append((name, module))
+    for name, module in targets:
+        _set_module(model, name, _compose(name, module, factors, mode))
+    if skipped:
+        warnings.warn(f"overparameterize left {len(skipped)} layer(s) alone: {', '.join(skipped)}", stacklevel=2)
+    return model
+
+
+def _compose(name: str, module: nn.Module, factors: int, mode: str) -> nn.Module:
+    # The square factor is in x in for a Linear and out x out (1x1) for a conv.
+    width = module.in_features if isinstance(module, nn.Linear) else module.out_channels
+    if width**2 > MAX_FACTOR_PARAMS:
+        raise ValueError(f"layer {name!r}: a {width}x{width} factor would hold {width**2 / 1e6:.0f} M parameters "
+                         f"(limit {MAX_FACTOR_PARAMS / 1e6:.0f} M); leave it out with exclude=[{name!r}]")
+    if isinstance(module, nn.Linear):
+        return ComposedLinear(module.in_features, module.out_features, factors, bias=module.bias is not None,
+                              mode=mode, device=module.weight.device, dtype=module.weight.dtype)
+    return ComposedConv2d(module, factors, mode)
+
+
+def set_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Switch every composed layer of `model` to `mode` in place (same function, other cost)."""
+    _check_mode(mode)
+    for module in model.modules():
+        if isinstance(module, COMPOSED):
+            module.mode = mode
+    return model
+
+
+@torch.no_grad()
+def collapse(model: nn.Module) -> nn.Module:
+    """A new model with the original structure: each composed layer becomes one layer holding the product."""
+    _check_model(model)
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, COMPOSED):
+            _set_module(model, name, _collapsed(module))
+    return model
+
+
+def _collapsed(module: nn.Module) -> nn.Module:
+    last = module.factors[-1]
+    dtype, device = last.weight.dtype, last.weight.device
+    # The product is formed in float64 so collapsing adds no error beyond the final rounding.
+    weight = _as_float64(module).product_weight().to(dtype)
+    if isinstance(module, ComposedLinear):
+        plain = nn.Linear(module.in_features, module.out_features, bias=last.bias is not None,
+                          device=device, dtype=dtype)
+    else:
+        first = module.factors[0]
+        plain = nn.Conv2d(first.in_channels, first.out_channels, first.kernel_size, first.stride, first.padding,
+                          first.dilation, bias=last.bias is not None, padding_mode=first.padding_mode,
+                          device=device, dtype=dtype)
+    plain.weight.copy_(weight)
+    if last.bias is not None:
+        plain.bias.copy_(last.bias)
+    plain.train(module.training)
+    return plain
+
+
+def _as_float64(module: nn.Module) -> nn.Module:
+    return module if module.factors[0].weight.dtype == torch.float64 else copy.deepcopy(module).double()
