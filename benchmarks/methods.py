@@ -16,8 +16,8 @@ HARNESS_METHODS = {
     "dense": "the uncompressed reference: trained once per seed and budget, no compression",
     "lorita": "LoRITa: layers trained as products of `factors` linear maps, collapsed, SVD-truncated (Zhang+ 2024)",
 }
-# Method options understood by the harness itself for pruning methods (the rest go to baselines.prune).
-PRUNE_OPTIONS = ("scope", "steps", "reg")
+# Options a pruning method accepts (steps/reg shape the harness's schedule and training; the rest go to prune).
+PRUNE_OPTIONS = ("scope", "steps", "reg", "max_ratio", "prune_heads", "grad_batches")
 BUDGET_FIELDS = tuple(f.name for f in dataclasses.fields(Budget))
 
 
@@ -51,6 +51,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
                               "method of the comparison instead")
         if not _is_pruning(cfg.method):
             raise ConfigError(f"config: method_options.{key}: {cfg.method} takes no method options")
+        if key not in PRUNE_OPTIONS or (key == "reg" and not baselines.METHODS[cfg.method].regularized_training):
+            allowed = [k for k in PRUNE_OPTIONS if k != "reg" or baselines.METHODS[cfg.method].regularized_training]
+            raise ConfigError(f"config: unknown key 'method_options.{key}' for {cfg.method}; allowed: "
+                              f"{', '.join(allowed)}")
     steps = cfg.method_options.get("steps", 1)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"config: method_options.steps must be an integer >= 1; got {steps!r}")
