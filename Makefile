@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test lint demo ui clean
+.PHONY: install test lint demo run ui clean
 
 install: $(STAMP)
 
@@ -22,6 +22,14 @@ lint: install
 
 demo: install
 	@echo "make demo is delivered by the sweeps/report issue; until then see README 'Quick start'." && exit 1
+
+# make run ARGS="--model fcn --dataset digits --method lorita --factors 3 --target-flops-drop 0.5"
+run: install
+	$(BIN)/lorita-bench run $(ARGS)
+
+# The MLflow UI for ./mlflow.db (or MLFLOW_TRACKING_URI), on 127.0.0.1 only.
+ui: install
+	$(BIN)/lorita-bench ui $(if $(PORT),--port $(PORT))
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -25,14 +25,6 @@ CIFAR = (3, 32, 32)
 VIT = {"dim": 48, "depth": 2, "heads": 3, "mlp_dim": 96}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two shared cores: intra-op threads fighting other processes make small convolutions 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _inputs(shape=CIFAR, batch=2, seed=0) -> torch.Tensor:
     return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))

@@ -77,3 +77,14 @@ def test_flags_override_file_and_set_overrides_flags(tmp_path):
 def test_apply_overrides_refuses_to_descend_into_a_value():
     with pytest.raises(ConfigError, match="not a mapping"):
         apply_overrides({"model": "fcn"}, {"model.width": 3})
+
+
+def test_shipped_run_configs_load():
+    from pathlib import Path
+
+    folder = Path(__file__).parent.parent / "benchmarks" / "configs"
+    for path in folder.glob("*.yaml"):
+        data = load_yaml(path)
+        if "name" in data:  # sweep files are checked by the sweep tests
+            continue
+        make_config(data)

@@ -30,15 +30,6 @@ SMALL = [f for f in FAMILIES if f != "vgg16"]  # vgg16 is the acceptance model, 
 INPUT_SHAPES = {"fcn": (4, 1, 8, 8), "cnn": (2, 3, 16, 16)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These tests run on 2 shared cores: when another process holds one, 2-thread LAPACK calls (SVD, QR) stall
-    # up to 30x (3.7 s instead of 0.13 s for a 512 x 512 SVD), so the module runs single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _fresh(family: str) -> nn.Module:
     torch.manual_seed(0)
