@@ -14,28 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from lorita import counting
 
 BILINEAR, CHANNEL, DEPTHWISE = 0, 1, 2
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
-
-
-def module_flops(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
-    """fvcore FLOPs per module name ("" = the whole model), configured exactly as count_flops_params."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            analysis = FlopCountAnalysis(model, example_input)
-            analysis.set_op_handle("aten::scaled_dot_product_attention", counting._sdpa_flop_jit)
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            return {name: int(value) for name, value in analysis.by_module().items()}
-    finally:
-        model.train(was_training)
 
 
 class CostModel:
@@ -46,7 +30,7 @@ class CostModel:
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, attentions: list[nn.Module] = ()) -> None:
-        self.by_name = module_flops(model, example_input)
+        self.by_name = counting.flops_by_module(model, example_input)
         self.flops = self.by_name.get("", 0)
         self.params = sum(p.numel() for p in model.parameters())
         self._names = {module: name for name, module in model.named_modules()}

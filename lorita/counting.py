@@ -20,8 +20,8 @@ def _sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     return batch * length * keys * (dim + value_dim)
 
 
-def count_flops_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
-    """FLOPs (fvcore multiply-adds, eval mode, for this input) and parameter count of `model`."""
+def flops_by_module(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """fvcore FLOPs (multiply-adds, eval mode, for this input) per module name; "" is the whole model."""
     was_training = model.training
     model.eval()
     try:
@@ -30,7 +30,11 @@ def count_flops_params(model: nn.Module, example_input: torch.Tensor) -> tuple[i
             analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop_jit)
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
-            flops = int(analysis.total())
+            return {name: int(value) for name, value in analysis.by_module().items()}
     finally:
         model.train(was_training)
-    return flops, int(parameter_count(model)[""])
+
+
+def count_flops_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """FLOPs (fvcore multiply-adds, eval mode, for this input) and parameter count of `model`."""
+    return flops_by_module(model, example_input)[""], int(parameter_count(model)[""])
