@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
-from benchmarks.config import ConfigError, apply_overrides, load_yaml, make_config, parse_assignment
+from benchmarks.config import apply_overrides, load_yaml, make_config, parse_assignment
 
+COMMANDS_GROUP = "lorita_bench.commands"
 # Flags that set a config key directly (flag dest -> dotted config key).
 FLAG_KEYS = {
     "experiment": "experiment", "model": "model", "dataset": "dataset", "data_root": "data_root",
@@ -16,7 +18,7 @@ FLAG_KEYS = {
 }
 
 
-def _run_parser(sub) -> None:
+def _run_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train, compress, fine-tune, measure and record one benchmark run",
                        description="One method at one compression target under one budget. Flags override "
                                    "--config, --set overrides both.")
@@ -39,17 +41,47 @@ def _run_parser(sub) -> None:
     p.add_argument("--cache-dir", help="trained-model cache and checkpoints (default .cache/lorita-bench)")
     p.add_argument("--force", action="store_true", help="run again even if this config already FINISHED")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    return p
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from benchmarks.methods import known_methods
+
+    for name, description in known_methods().items():
+        print(f"{name:<12} {description}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from benchmarks import tracking
+
+    tracking.serve_ui(args.host, args.port)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    from benchmarks.pipeline import execute
+
+    result = execute(cfg, force=args.force, latency=not args.no_latency)
+    print(f"\n{cfg.method} on {cfg.model}/{cfg.dataset} (seed {cfg.seed}):")
+    print(_summary(result))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface."""
+    """The command-line interface, including subcommands other packages register (`lorita_bench.commands`)."""
     parser = argparse.ArgumentParser(prog="lorita-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    _run_parser(sub)
-    sub.add_parser("methods", help="list the registered methods")
+    _run_parser(sub).set_defaults(handler=_run)
+    sub.add_parser("methods", help="list the registered methods").set_defaults(handler=_methods)
     ui = sub.add_parser("ui", help="serve the MLflow UI for the current tracking store")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_ui)
+    # Layers above the harness (reports) add their commands here without the harness importing them.
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(sub)
     return parser
 
 
@@ -86,30 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lorita-bench` console script."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "methods":
-            from benchmarks.methods import known_methods
-
-            for name, description in known_methods().items():
-                print(f"{name:<12} {description}")
-            return 0
-        if args.command == "ui":
-            from benchmarks import tracking
-
-            tracking.serve_ui(args.host, args.port)
-            return 0
-        cfg = config_from_args(args)
-        from benchmarks.pipeline import execute
-
-        result = execute(cfg, force=args.force, latency=not args.no_latency)
-    except (ConfigError, ValueError, OSError) as err:
+        return args.handler(args)
+    except (ValueError, OSError) as err:  # ConfigError and DataError are ValueErrors: one line, no traceback
         print(f"lorita-bench: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lorita-bench: interrupted", file=sys.stderr)
         return 130
-    print(f"\n{cfg.method} on {cfg.model}/{cfg.dataset} (seed {cfg.seed}):")
-    print(_summary(result))
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,13 +150,11 @@ def obtain_trained(cfg: RunConfig, data: Dataset, device: torch.device, log) -> 
             return Trained(model.to(device), meta, cache_hit=True)
         example = torch.zeros(2, *data.in_shape, device=device)
         hook = methods.training_hook(cfg, model, example)
-        started = time.perf_counter()
         history = train(model, data, _phase(cfg, data, finetune=False), seed=cfg.seed,
                         checkpoint=folder / "checkpoint.pt", log=log, after_backward=hook, desc="train")
-        train_time = time.perf_counter() - started
         plain = methods.uncompressed(cfg, model)
         exclude = methods.exclude_patterns(cfg, plain)
-        meta = {"history": history, "train_time_s": train_time,
+        meta = {"history": history, "train_time_s": sum(h.pop("epoch_time_s") for h in history),
                 "acc_trained": evaluate(model, data.test_x, data.test_y, data),
                 "acc_at_keep": keep_curve(plain, lambda m: evaluate(m, data.test_x, data.test_y, data), exclude),
                 "spectra": {k: v.tolist() for k, v in lorita.spectra(plain).items()}}
@@ -187,24 +184,24 @@ def _split_epochs(total: int, steps: int) -> list[int]:
 
 
 def compress_and_finetune(cfg: RunConfig, data: Dataset, base: nn.Module, device: torch.device, log
-                          ) -> tuple[nn.Module, dict, float, list[dict]]:
+                          ) -> tuple[nn.Module, dict, float]:
     """Compress to the target in `steps` rounds, fine-tuning between them within the one fine-tune budget."""
     example = torch.zeros(1, *data.in_shape, device=device)
     reference = lorita.count_flops_params(base, example)
     folder = check_writable(Path(cfg.cache_dir) / "runs" / cfg.config_hash())
     steps = methods.prune_steps(cfg)
     train_batches = _criterion_batches(cfg, data)
-    model, structure, acc_compressed, history = base, {}, float("nan"), []
+    model, structure, acc_compressed, done = base, {}, float("nan"), 0
     for i, epochs in enumerate(_split_epochs(cfg.budget.finetune_epochs, steps), 1):
         model, structure = methods.compress(cfg, copy.deepcopy(model), target=cfg.target * i / steps,
                                             reference=reference, example=example, train_batches=train_batches)
         model = model.to(device)
         acc_compressed = evaluate(model, data.test_x, data.test_y, data)
-        offset = len(history)
-        history += train(model, data, _phase(cfg, data, finetune=True, epochs=epochs), seed=cfg.seed + i,
-                         checkpoint=folder / f"finetune-{i}.pt", log=lambda m, e, o=offset: log(m, o + e),
-                         desc=f"fine-tune {i}/{steps}")
-    return model, structure, acc_compressed, history
+        train(model, data, _phase(cfg, data, finetune=True, epochs=epochs), seed=cfg.seed + i,
+              checkpoint=folder / f"finetune-{i}.pt", log=lambda m, e, o=done: log(m, o + e),
+              desc=f"fine-tune {i}/{steps}")
+        done += epochs
+    return model, structure, acc_compressed
 
 
 def _measure_size(model: nn.Module, data: Dataset, device: torch.device) -> tuple[int, int]:
@@ -280,7 +277,7 @@ def _stages(cfg: RunConfig, data: Dataset, device: torch.device, run_id: str, lo
     if cfg.method == "dense":
         final, structure, acc_compressed, acc_finetuned = base, {"kind": "dense"}, acc_trained, acc_trained
     else:
-        final, structure, acc_compressed, _ = compress_and_finetune(cfg, data, base, device, log)
+        final, structure, acc_compressed = compress_and_finetune(cfg, data, base, device, log)
         acc_finetuned = evaluate(final, data.test_x, data.test_y, data)
     flops, params = _measure_size(final, data, device)
     metrics = {schema.ACC_TRAINED: acc_trained, schema.ACC_COMPRESSED: acc_compressed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,10 @@ def _load_checkpoint(path: Path | None) -> dict | None:
 def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoint: Path | None = None,
           log: MetricLogger | None = None, after_backward: Callable[[], None] | None = None,
           desc: str = "train") -> list[dict[str, float]]:
-    """Train `model` in place for the phase; returns per-epoch metrics. Resumes from `checkpoint` if present."""
+    """Train `model` in place for the phase; returns per-epoch metrics (and `epoch_time_s`, the optimization time).
+
+    Resumes from `checkpoint` if present.
+    """
     optimizer = make_optimizer(model, phase)
     scheduler = make_scheduler(optimizer, phase)
     criterion = nn.CrossEntropyLoss(label_smoothing=phase.label_smoothing)
@@ -118,6 +122,7 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         steps = math.ceil(len(data.train_y) / phase.batch_size)
+        started = time.perf_counter()
         batch_bar = tqdm(batches(data.train_x, data.train_y, phase.batch_size, mean=data.mean, std=data.std,
                                  augment=phase.augment, shuffle=True, generator=order),
                          total=steps, desc=f"epoch {epoch + 1}", leave=False, unit="batch", dynamic_ncols=True,
@@ -136,6 +141,8 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
             loss_sum += value * len(labels)
             correct += (out.argmax(1) == labels).sum().item()
             seen += len(labels)
+        # Optimization only: evaluation and logging are the same for every method and would blur the ratio.
+        epoch_time = time.perf_counter() - started
         metrics = {f"{pre}train_loss": loss_sum / seen, f"{pre}train_acc": correct / seen,
                    f"{pre}lr": optimizer.param_groups[0]["lr"],
                    f"{pre}test_acc": evaluate(model, data.test_x, data.test_y, data)}
@@ -145,7 +152,7 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
             scheduler.step(metrics[f"{pre}train_acc"])
         else:
             scheduler.step()
-        history.append(metrics)
+        history.append({**metrics, "epoch_time_s": epoch_time})
         if log is not None:
             log(metrics, epoch + 1)
         epochs.set_postfix(loss=f"{metrics[f'{pre}train_loss']:.3f}", acc=f"{metrics[f'{pre}test_acc']:.3f}")

@@ -1,0 +1,1 @@
+"""Figures, LaTeX tables and the Markdown/HTML report, built from the tracking store alone (reports.build)."""

@@ -1,0 +1,225 @@
+"""The report entry point: tracking store -> figures (PNG, PDF), LaTeX tables, report.md and report.html."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from benchmarks import schema, tracking
+from reports import collect, figures, tables
+from reports.document import Block, Bullets, Heading, Image, Paragraph, Table, html_page, markdown
+
+TITLE = "LoRITa benchmark report"
+ENV_NAMES = {schema.TAG_TORCH_VERSION: "torch", schema.TAG_GIT_COMMIT: "git commit", schema.TAG_CPU_MODEL: "CPU",
+             schema.TAG_GPU_NAME: "GPU"}
+MAX_ERROR_CHARS = 300
+
+
+@dataclass
+class ReportSummary:
+    """What build_report wrote."""
+
+    markdown: Path
+    html: Path
+    figures: list[Path] = field(default_factory=list)
+    tables: list[Path] = field(default_factory=list)
+    runs: int = 0
+    failed: int = 0
+
+    def __str__(self) -> str:
+        return (f"report {self.html} (and {self.markdown.name}): {len(self.figures)} figure files, "
+                f"{len(self.tables)} LaTeX files from {self.runs} finished runs; {self.failed} runs did not finish")
+
+
+@dataclass
+class _Output:
+    """Where figures and tables go, and every file written so far."""
+
+    figure_dir: Path
+    table_dir: Path
+    figures: list[Path] = field(default_factory=list)
+    tables: list[Path] = field(default_factory=list)
+
+    def figure(self, fig: Figure, stem: str, caption: str) -> Image:
+        self.figures += figures.save(fig, self.figure_dir / stem)
+        return Image(self.figure_dir / f"{stem}.png", caption)
+
+    def table(self, grid: tables.Grid, stem: str) -> Paragraph:
+        fragment = tables.latex_fragment(grid, f"tab:{stem}")
+        paths = [self.table_dir / f"{stem}.tex", self.table_dir / f"{stem}_standalone.tex"]
+        paths[0].write_text(fragment, encoding="utf-8")
+        paths[1].write_text(tables.latex_document(fragment), encoding="utf-8")
+        self.tables += paths
+        return Paragraph(f"LaTeX: tables/{paths[0].name} (fragment, needs booktabs), tables/{paths[1].name} "
+                         "(compilable document).")
+
+
+def slug(text: str) -> str:
+    """File-name-safe form: 'fcn (layers=3, width=64)' -> 'fcn-layers3-width64'."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text.replace("=", "")).strip("-")
+
+
+def _seeds(runs: pd.DataFrame) -> str:
+    return ", ".join(str(s) for s in sorted(runs["seed"].unique()))
+
+
+def _software(runs: pd.DataFrame) -> list[str]:
+    items = []
+    for tag, name in ENV_NAMES.items():
+        counts = runs[tag].fillna("none (CPU only)" if tag == schema.TAG_GPU_NAME else "not recorded").value_counts()
+        # One value is the common case; several (runs from different machines or commits) get their counts.
+        values = [f"{value} ({count} runs)" if len(counts) > 1 else value for value, count in counts.items()]
+        items.append(f"{name}: {', '.join(values)}")
+    return items
+
+
+def _group_blocks(runs: pd.DataFrame, out: _Output) -> list[Block]:
+    first = runs.iloc[0]
+    name = f"{first['model_label']} on {first['dataset']}, budget {first['budget_hash']}"
+    stem = f"{slug(first['model_label'])}__{slug(first['dataset'])}__{first['budget_hash']}"
+    seeds = _seeds(runs)
+    compressed = runs[runs["target"].notna()]
+    targets = ", ".join(tables.target_title(m, t) for m, t in
+                        sorted(compressed.groupby(["target_metric", "target"]).groups))
+    blocks: list[Block] = [
+        Heading(2, name),
+        Paragraph(f"{len(runs)} finished runs on dataset {first['dataset']}, seeds {seeds}; methods: "
+                  f"{', '.join(collect.ordered_labels(runs['label']))}; targets: {targets or 'none'}."),
+        Bullets(_software(runs)),
+    ]
+    if not compressed.empty:
+        for drop, kind in ((schema.FLOPS_DROP, "flops"), (schema.PARAMS_DROP, "params")):
+            what = figures.DROP_NAMES[drop]
+            fig = figures.tradeoff_figure(runs, drop, f"{name}\naccuracy vs achieved {what} drop")
+            blocks += [Heading(3, f"Accuracy vs achieved {what} drop"), out.figure(
+                fig, f"acc_vs_{kind}__{stem}", f"{name}: test accuracy after fine-tuning vs achieved {what} drop, "
+                f"mean ± std over seeds {seeds}; circled points are Pareto-optimal; dotted line: dense.")]
+        caption = (f"{name}: mean ± sample std over seeds {seeds}. Base acc.: the dense model of the same budget and "
+                   "seed; Acc.: after compression and fine-tuning; Δ: their difference; drops are achieved values. "
+                   "Best per column in bold.")
+        grid = tables.result_grid(runs, caption)
+        blocks += [Heading(3, "Results"), Table(grid), out.table(grid, f"results__{stem}")]
+    blocks += _trained_model_blocks(runs, name, stem, out)
+    grid = tables.budget_grid(runs, f"The budget behind every run of {name}.")
+    return blocks + [Heading(3, "Budget"), Table(grid), out.table(grid, f"budget__{stem}")]
+
+
+def _trained_model_blocks(runs: pd.DataFrame, name: str, stem: str, out: _Output) -> list[Block]:
+    """Spectra, accuracy vs singular values kept, training time: properties of the trained models."""
+    blocks: list[Block] = []
+    spectra = collect.load_spectra(runs)
+    if spectra:
+        blocks += [Heading(3, "Singular-value spectra of the trained models"), out.figure(
+            figures.spectra_figure(spectra, f"{name}\nnormalized singular values per layer"), f"spectra__{stem}",
+            f"{name}: singular values of each trained (collapsed) layer over the largest, log scale, per N; "
+            "LoRITa's composition should make them fall faster.")]
+    curves = collect.load_keep_curves(runs)
+    if not curves.empty:
+        blocks += [Heading(3, "Accuracy vs singular values kept"), out.figure(
+            figures.keep_figure(curves, f"{name}\naccuracy vs fraction of singular values kept"),
+            f"acc_vs_keep__{stem}", f"{name}: test accuracy after keeping a fraction of every layer's singular "
+            f"values (classifier excluded), no fine-tuning; mean ± std over seeds.")]
+    ratios = collect.train_time_ratios(runs)
+    if not ratios.empty:
+        blocks += [Heading(3, "Training time"), out.figure(
+            figures.train_time_figure(ratios, f"{name}\nLoRITa training time relative to dense"),
+            f"train_time__{stem}", f"{name}: train_time_s of LoRITa over the dense model's of the same seed, "
+            "mean ± std over seeds. train_time_s is the recorded wall time of training: it includes per-epoch "
+            "logging and, for the first model a process trains, one-off start-up costs, so only runs long enough "
+            "to dwarf those compare training cost.")]
+    return blocks
+
+
+def _ablation_blocks(done: pd.DataFrame, out: _Output) -> list[Block]:
+    blocks: list[Block] = []
+    for runs in collect.weight_decay_ablations(done):
+        first = runs.iloc[0]
+        name = f"{first['model_label']} on {first['dataset']}"
+        fig = figures.ablation_figure(runs, "weight_decay", "weight decay", f"{name}\naccuracy vs weight decay",
+                                      log_x=True)
+        stem = f"ablation_weight_decay__{slug(first['model_label'])}__{slug(first['dataset'])}__{first['budget_rest']}"
+        blocks += [Heading(3, f"Weight decay: {name}"), out.figure(
+            fig, stem, f"{name}: accuracy after fine-tuning vs weight decay; budgets otherwise identical "
+            f"({', '.join(sorted(runs['budget_hash'].unique()))}); mean ± std over seeds {_seeds(runs)}.")]
+    for runs in collect.depth_ablations(done):
+        first = runs.iloc[0]
+        rest = {k: v for k, v in json.loads(first["rest"]).items() if k != "layers"}
+        name = f"{collect.model_label(first['model'], rest)} on {first['dataset']}, budget {first['budget_hash']}"
+        stem = (f"ablation_depth__{slug(collect.model_label(first['model'], rest))}__{slug(first['dataset'])}__"
+                f"{first['budget_hash']}")
+        fig = figures.ablation_figure(runs, "layers", "depth (layers)", f"{name}\naccuracy vs depth", log_x=False)
+        blocks += [Heading(3, f"Depth: {name}"), out.figure(
+            fig, stem, f"{name}: accuracy after fine-tuning vs number of layers; mean ± std over seeds "
+            f"{_seeds(runs)}.")]
+    return [Heading(2, "Ablations"), *blocks] if blocks else []
+
+
+def _failure_blocks(failed: pd.DataFrame) -> list[Block]:
+    if failed.empty:
+        return [Heading(2, "Runs that did not finish"), Paragraph("None: every matching run finished.")]
+    rows = [[str(r.run_name), str(r.experiment), r.status, r.label, r.model_label, r.dataset, str(r.seed),
+             str(r.error or "")[:MAX_ERROR_CHARS]] for r in failed.itertuples()]
+    grid = tables.Grid(f"{len(failed)} runs that did not finish (left out of every figure and table).",
+                       ["Run", "Experiment", "Status", "Method", "Model", "Dataset", "Seed", "Error"],
+                       [tables.Section(None, rows)])
+    return [Heading(2, "Runs that did not finish"), Table(grid)]
+
+
+def _filters(experiment: str | None, model: str | None, dataset: str | None) -> str:
+    given = [f"{key} {value!r}" for key, value in (("experiment", experiment), ("model", model),
+                                                    ("dataset", dataset)) if value is not None]
+    return f" ({', '.join(given)})" if given else ""
+
+
+def build_report(out_dir: str | Path, *, experiment: str | None = None, model: str | None = None,
+                 dataset: str | None = None) -> ReportSummary:
+    """Figures, LaTeX tables, report.md and report.html in `out_dir`, from the tracking store alone."""
+    where = _filters(experiment, model, dataset)
+    runs = collect.load_runs(experiment, model, dataset)
+    if runs.empty:
+        raise ValueError(f"no benchmark runs{where} in the tracking store {tracking.tracking_uri()}: "
+                         "record some with `lorita-bench run` first")
+    done, superseded = collect.finished(runs)
+    failed = collect.failures(runs)
+    if done.empty:
+        raise ValueError(f"no FINISHED runs{where} in the tracking store {tracking.tracking_uri()} "
+                         f"({len(failed)} failed or killed, {len(runs) - len(failed)} still running)")
+    folder = Path(out_dir)
+    out = _Output(folder / "figures", folder / "tables")
+    out.figure_dir.mkdir(parents=True, exist_ok=True)
+    out.table_dir.mkdir(parents=True, exist_ok=True)
+    groups = [part for _, part in done.groupby(collect.GROUP, sort=True)]
+    running = int((runs["status"] == schema.STATUS_RUNNING).sum())
+    notes = [
+        "Every number is the mean ± sample standard deviation over seeds of values recorded in the tracking "
+        "store; nothing is retrained or recomputed from models.",
+        "Accuracy is the top-1 test accuracy of the final-epoch model; FLOPs are fvcore multiply-adds at batch 1; "
+        "drops are the achieved (measured) ones, not the targets.",
+        "Runs are compared only within one model, dataset and budget hash.",
+    ]
+    if superseded:
+        notes.append(f"{superseded} older runs repeating a newer run's measurement (same method, target and "
+                     "seed) were left out; the newest is reported.")
+    if running:
+        notes.append(f"{running} runs still RUNNING were left out.")
+    blocks: list[Block] = [
+        Heading(1, TITLE),
+        Paragraph(f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from the tracking store "
+                  f"{tracking.tracking_uri()}{where}: {len(done)} finished runs in {len(groups)} comparison(s), "
+                  f"{len(failed)} run(s) that did not finish."),
+        Bullets(notes),
+    ]
+    for part in groups:
+        blocks += _group_blocks(part, out)
+    blocks += _ablation_blocks(done, out) + _failure_blocks(failed)
+    summary = ReportSummary(folder / "report.md", folder / "report.html", out.figures, out.tables, len(done),
+                            len(failed))
+    summary.markdown.write_text(markdown(blocks, folder), encoding="utf-8")
+    summary.html.write_text(html_page(blocks, TITLE), encoding="utf-8")
+    return summary

@@ -1,0 +1,219 @@
+"""Runs from the tracking store as one tidy frame (a row per run), the comparison groups, and seed statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import schema, tracking
+from benchmarks.config import Budget, stable_hash
+
+BUDGET_FIELDS = tuple(f.name for f in dataclasses.fields(Budget))
+RESULT_METRICS = (schema.ACC_TRAINED, schema.ACC_COMPRESSED, schema.ACC_FINETUNED, schema.FLOPS_DROP,
+                  schema.PARAMS_DROP, schema.TRAIN_TIME_S, schema.LATENCY_MS_B1, schema.LATENCY_MS_B128,
+                  schema.LATENCY_MS_B1_GPU, schema.LATENCY_MS_B128_GPU)
+ENV_TAGS = (schema.TAG_TORCH_VERSION, schema.TAG_GIT_COMMIT, schema.TAG_CPU_MODEL, schema.TAG_GPU_NAME)
+# Runs that may share one table and one figure: same network, data and budget.
+GROUP = ["model_label", "dataset", "budget_hash"]
+# What makes two finished runs the same measurement (a rerun or the same config in another experiment).
+MEASUREMENT = [*GROUP, "label", "target_metric", "target", "seed"]
+NOT_FINISHED = (schema.STATUS_FAILED, schema.STATUS_KILLED)
+# Methods whose trained model is the plain dense network itself: the N = 1 reference of spectra and times.
+DENSE_TRAINED = ("dense", "svd")
+
+
+def _parse(text: Any) -> Any:
+    """A recorded param back to its value: JSON where it parses ("3", "[32, 64]"), None for "None"."""
+    if not isinstance(text, str) or text == "None":
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _prefixed(row: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """{key: value} of the params under one prefix (e.g. params.model_kwargs.) that this run recorded."""
+    return {key.removeprefix(prefix): _parse(value) for key, value in sorted(row.items())
+            if key.startswith(prefix) and isinstance(value, str)}
+
+
+def model_label(model: str, kwargs: dict[str, Any]) -> str:
+    """fcn (layers=3, width=64): the network a comparison is about."""
+    options = ", ".join(f"{key}={value}" for key, value in kwargs.items())
+    return f"{model} ({options})" if options else model
+
+
+def method_label(method: str, factors: int, options: dict[str, Any], exclude: Any) -> str:
+    """lorita N=3, l1 (steps=3): a method as the figures and tables name it."""
+    label = f"lorita N={factors}" if method == "lorita" else method
+    extras = [f"{key}={value}" for key, value in options.items()]
+    if exclude is not None:
+        # A non-default exclusion changes what is compressed: such runs must not share a line with default ones.
+        extras.append(f"exclude={','.join(exclude)}")
+    return f"{label} ({', '.join(extras)})" if extras else label
+
+
+def _tidy_row(row: dict[str, Any]) -> dict[str, Any]:
+    kwargs = _prefixed(row, "params.model_kwargs.")
+    model = row[f"tags.{schema.TAG_MODEL}"]
+    method = row[f"tags.{schema.TAG_METHOD}"]
+    factors = int(_parse(row.get("params.factors")) or 1)
+    target = _parse(row.get("params.target"))
+    out = {
+        "run_id": row["run_id"], "run_name": row.get(f"tags.{schema.TAG_RUN_NAME}"),
+        "experiment": row.get("params.experiment"), "status": row["status"], "start_time": row["start_time"],
+        "error": row.get(f"tags.{schema.TAG_ERROR}"), "model": model,
+        "model_kwargs": json.dumps(kwargs, sort_keys=True), "model_label": model_label(model, kwargs),
+        "dataset": row[f"tags.{schema.TAG_DATASET}"], "budget_hash": row.get(f"tags.{schema.TAG_BUDGET_HASH}"),
+        "method": method, "factors": factors,
+        "label": method_label(method, factors, _prefixed(row, "params.method_options."),
+                              _parse(row.get("params.exclude"))),
+        "target_metric": _parse(row.get("params.target_metric")),
+        "target": float(target) if target is not None else np.nan,
+        "seed": int(_parse(row.get("params.seed")) or 0),
+    }
+    out.update({name: row.get(f"metrics.{name}", np.nan) for name in RESULT_METRICS})
+    out.update({name: row.get(f"tags.{name}") for name in ENV_TAGS})
+    out.update({f"budget.{name}": row.get(f"params.budget.{name}") for name in BUDGET_FIELDS})
+    return out
+
+
+def load_runs(experiment: str | None = None, model: str | None = None, dataset: str | None = None) -> pd.DataFrame:
+    """Every benchmark run (any status) matching the filters, one tidy row per run, newest first."""
+    raw = tracking.search_runs(experiment)
+    method_col, model_col, dataset_col = (f"tags.{t}" for t in (schema.TAG_METHOD, schema.TAG_MODEL,
+                                                                  schema.TAG_DATASET))
+    if raw.empty or method_col not in raw:
+        return pd.DataFrame(columns=["run_id", "status"])
+    # A sweep's parent run carries no method tag: it is bookkeeping, not a benchmark.
+    keep = raw[method_col].notna()
+    if model is not None:
+        keep &= raw[model_col] == model
+    if dataset is not None:
+        keep &= raw[dataset_col] == dataset
+    rows = [_tidy_row(row) for row in raw[keep].to_dict("records")]
+    frame = pd.DataFrame(rows, columns=None if rows else ["run_id", "status"])
+    return frame.sort_values("start_time", ascending=False, ignore_index=True) if rows else frame
+
+
+def finished(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """FINISHED runs, the newest of each repeated measurement kept; and how many older repeats were left out."""
+    done = frame[frame["status"] == schema.STATUS_FINISHED]
+    # load_runs sorts newest first; drop_duplicates counts NaN targets (dense) as equal, as wanted here.
+    kept = done.drop_duplicates(MEASUREMENT, keep="first", ignore_index=True)
+    return kept, len(done) - len(kept)
+
+
+def failures(frame: pd.DataFrame) -> pd.DataFrame:
+    """The FAILED and KILLED runs."""
+    return frame[frame["status"].isin(NOT_FINISHED)].reset_index(drop=True)
+
+
+def label_key(label: str) -> tuple[int, int, str]:
+    """Sort key: dense, then lorita by N, then svd, then the baselines by name."""
+    if label == "dense":
+        return (0, 0, label)
+    if label.startswith("lorita N="):
+        return (1, int(label.removeprefix("lorita N=").split(" ")[0]), label)
+    return (2 if label.startswith("svd") else 3, 0, label)
+
+
+def ordered_labels(labels: Any) -> list[str]:
+    """Distinct labels in report order."""
+    return sorted(set(labels), key=label_key)
+
+
+def check_one_comparison(runs: pd.DataFrame) -> None:
+    """Refuse (ValueError) runs of different budgets, models or datasets: they are not one comparison."""
+    for column, what in (("model_label", "models"), ("dataset", "datasets")):
+        if runs[column].nunique() > 1:
+            raise ValueError(f"runs of different {what} cannot share one table: {sorted(runs[column].unique())}")
+    hashes = sorted(runs["budget_hash"].dropna().unique())
+    if len(hashes) <= 1:
+        return
+    differing = [f"{name} ({' vs '.join(sorted(runs[f'budget.{name}'].dropna().astype(str).unique()))})"
+                 for name in BUDGET_FIELDS if runs[f"budget.{name}"].nunique() > 1]
+    fields = ", ".join(differing) if differing else "no recorded budget field (the budget definition changed)"
+    raise ValueError(f"runs with different budgets cannot share one table: budget hashes {', '.join(hashes)} "
+                     f"differ in {fields}")
+
+
+def seed_stats(runs: pd.DataFrame, by: list[str], values: list[str]) -> pd.DataFrame:
+    """Mean, sample std (NaN for one seed) and seed count of `values` per `by` group."""
+    grouped = runs.groupby(by, dropna=False, sort=False)
+    stats = grouped[values].agg(["mean", "std"])
+    stats.columns = [f"{value}_{stat}" for value, stat in stats.columns]
+    stats["n"] = grouped.size()
+    return stats.reset_index()
+
+
+def with_base(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs with base_acc (acc_trained of the dense run of the same group and seed) and delta_acc."""
+    dense = runs[runs["method"] == "dense"].drop_duplicates([*GROUP, "seed"])
+    base = dense[[*GROUP, "seed", schema.ACC_TRAINED]].rename(columns={schema.ACC_TRAINED: "base_acc"})
+    out = runs.merge(base, on=[*GROUP, "seed"], how="left")
+    out["delta_acc"] = out[schema.ACC_FINETUNED] - out["base_acc"]
+    return out
+
+
+def trained_models(runs: pd.DataFrame) -> pd.DataFrame:
+    """One run per trained model (factors, seed) of a group: lorita per N, and dense (or svd) for N = 1."""
+    candidates = runs[(runs["method"] == "lorita") | runs["method"].isin(DENSE_TRAINED)]
+    # Prefer the dense run itself for N = 1; any svd run of the seed has the same trained model.
+    ranked = candidates.assign(rank=(candidates["method"] != "dense").astype(int)).sort_values(
+        ["factors", "seed", "rank"], kind="stable")
+    return ranked.drop_duplicates(["factors", "seed"]).drop(columns="rank").reset_index(drop=True)
+
+
+def train_time_ratios(runs: pd.DataFrame) -> pd.DataFrame:
+    """LoRITa training time over the dense model's of the same seed: columns factors, seed, ratio."""
+    models = trained_models(runs)
+    dense = models[models["factors"] == 1].set_index("seed")[schema.TRAIN_TIME_S]
+    lorita = models[(models["method"] == "lorita") & models["seed"].isin(dense.index)]
+    ratio = lorita[schema.TRAIN_TIME_S].to_numpy() / dense.loc[lorita["seed"]].to_numpy()
+    return pd.DataFrame({"factors": lorita["factors"].to_numpy(), "seed": lorita["seed"].to_numpy(), "ratio": ratio})
+
+
+def load_spectra(runs: pd.DataFrame) -> dict[int, tuple[int, dict[str, list[float]]]]:
+    """{factors: (seed, {layer: singular values})} of the trained models of a group, lowest seed of each N."""
+    models = trained_models(runs).sort_values(["factors", "seed"]).drop_duplicates("factors")
+    return {int(row.factors): (int(row.seed), tracking.load_json(row.run_id, schema.ARTIFACT_SPECTRA))
+            for row in models.itertuples()}
+
+
+def load_keep_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """acc_at_keep of every trained model of a group: columns factors, seed, percent, acc."""
+    rows = [{"factors": int(row.factors), "seed": int(row.seed), "percent": step, "acc": value}
+            for row in trained_models(runs).itertuples()
+            for step, value in tracking.metric_history(row.run_id, schema.ACC_AT_KEEP)]
+    return pd.DataFrame(rows, columns=["factors", "seed", "percent", "acc"])
+
+
+def weight_decay_ablations(runs: pd.DataFrame) -> list[pd.DataFrame]:
+    """Sets of runs of one network and dataset whose budgets differ only in weight_decay (>= 2 values)."""
+    others = [f"budget.{name}" for name in BUDGET_FIELDS if name != "weight_decay"]
+    rest = runs[others].astype(str).apply(lambda row: stable_hash(list(row)), axis=1)
+    found = []
+    for _, part in runs.assign(budget_rest=rest).groupby(["model_label", "dataset", "budget_rest"], sort=True):
+        decay = pd.to_numeric(part["budget.weight_decay"], errors="coerce")
+        if decay.nunique() >= 2:
+            found.append(part.assign(weight_decay=decay))
+    return found
+
+
+def depth_ablations(runs: pd.DataFrame) -> list[pd.DataFrame]:
+    """Sets of runs of one model, dataset and budget whose model kwargs differ only in `layers` (>= 2 values)."""
+    kwargs = runs["model_kwargs"].map(json.loads)
+    deep = runs[kwargs.map(lambda k: isinstance(k.get("layers"), int))]
+    if deep.empty:
+        return []
+    kwargs = kwargs[deep.index]
+    deep = deep.assign(layers=kwargs.map(lambda k: k["layers"]),
+                       rest=kwargs.map(lambda k: json.dumps({**k, "layers": None}, sort_keys=True)))
+    return [part for _, part in deep.groupby(["model", "dataset", "budget_hash", "rest"], sort=True)
+            if part["layers"].nunique() >= 2]
