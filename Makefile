@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test lint demo run ui clean
+.PHONY: install test lint demo run ui bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ run: install
 # The MLflow UI for ./mlflow.db (or MLFLOW_TRACKING_URI), on 127.0.0.1 only.
 ui: install
 	$(BIN)/lorita-bench ui $(if $(PORT),--port $(PORT))
+
+# Performance benchmarks (training step, data path, planning, inference); tables land in benchmarks/perf/results.
+bench: install
+	$(BIN)/python -m benchmarks.perf.all --out benchmarks/perf/results
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,191 @@
+"""One SGD training step of LoRITa (factors 2 and 3; activation, weight and auto modes) relative to dense.
+
+Dense and LoRITa steps alternate in one process (dense, LoRITa, dense, LoRITa, ...); after warm-up the median of the
+per-pair ratios LoRITa / preceding dense is reported, next to each side's median ms/step. The analytic column is the
+extra forward multiply-adds of each mode's per-layer choice (formulas of compose.py's use_weight_product) relative to
+the dense model's forward (fvcore, at the same batch).
+
+    python -m benchmarks.perf.train_step [--out DIR] [--quick] [--device cpu|cuda|auto] [--models vgg16 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from torch import nn
+
+import lorita
+from benchmarks.models import create_model
+from benchmarks.perf import common
+from lorita.compose import COMPOSED, ComposedConv2d, ComposedLinear, _conv_output_size, set_mode
+
+NAME = "train_step"
+# (input shape, dataset it stands for) per model; every model has 10 classes.
+MODELS: dict[str, tuple[tuple[int, int, int], str]] = {
+    "vgg16": ((3, 32, 32), "CIFAR"),
+    "resnet20": ((3, 32, 32), "CIFAR"),
+    "fcn": ((1, 28, 28), "MNIST"),
+    "vit": ((3, 32, 32), "CIFAR"),
+}
+MODES = ("activation", "weight", "auto")
+# Targets of the Performance issue (2-core CPU, batch 128): LoRITa step / dense step at factors=3, mode auto.
+TARGETS = {("resnet20", 3, "auto"): 1.05, ("vgg16", 3, "auto"): 1.15}
+TARGET_SETTING = ("cpu", 128)  # the targets are judged only at this (device type, batch)
+QUICK_MODELS = ("resnet20", "fcn")
+
+
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """A closure doing one training step (forward, label-smoothed CE, backward, SGD step) on a fixed batch."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        criterion(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """The input shape of every composed layer in one eval-mode forward of `x` (a layer called twice: last call)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = [
+        module.register_forward_hook(lambda m, args, out, name=name: shapes.__setitem__(name, tuple(args[0].shape)))
+        for name, module in model.named_modules() if isinstance(module, COMPOSED)
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def layer_macs(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(dense, extra on the activation path, extra on the weight path) forward multiply-adds of one composed layer."""
+    extra = len(module.factors) - 1
+    if isinstance(module, ComposedLinear):
+        rows = torch.Size(shape).numel() // module.in_features
+        d_in, d_out = module.in_features, module.out_features
+        return rows * d_in * d_out, extra * rows * d_in**2, extra * d_out * d_in**2
+    assert isinstance(module, ComposedConv2d)
+    first = module.factors[0]
+    batch = torch.Size(shape[:-3]).numel()
+    h_out, w_out = _conv_output_size(first, shape[-2], shape[-1])
+    k = first.kernel_size[0] * first.kernel_size[1]
+    positions, c_in, c_out = batch * h_out * w_out, first.in_channels, first.out_channels
+    return positions * c_out * c_in * k, extra * positions * c_out**2, extra * c_out**2 * c_in * k
+
+
+def analytic(model: nn.Module, shapes: dict[str, tuple[int, ...]], mode: str) -> dict[str, int]:
+    """Extra forward multiply-adds of `mode`'s per-layer choice (the layer's own use_weight_product decides)."""
+    modules = dict(model.named_modules())
+    extra = weight_layers = 0
+    for name, shape in shapes.items():
+        module = modules[name]
+        saved, module.mode = module.mode, mode
+        try:
+            use_weight = module.use_weight_product(torch.empty(shape, device="meta"))
+        finally:
+            module.mode = saved
+        _, on_activations, on_weights = layer_macs(module, shape)
+        extra += on_weights if use_weight else on_activations
+        weight_layers += int(use_weight)
+    return {"extra_macs": extra, "weight_layers": weight_layers, "layers": len(shapes)}
+
+
+def bench_model(name: str, *, batch: int, factors: list[int], modes: list[str], warmup: int, repeats: int,
+                device: torch.device) -> list[dict[str, Any]]:
+    in_shape, dataset = MODELS[name]
+    torch.manual_seed(0)
+    dense = create_model(name, 10, in_shape).to(device)
+    x = torch.randn(batch, *in_shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    dense_macs = lorita.count_flops_params(dense, x[:1])[0] * batch  # fvcore's count is linear in the batch
+    dense_step = make_step(dense, x, y)
+    rows = []
+    for n in factors:
+        composed = lorita.overparameterize(dense, n, mode="auto")
+        shapes = input_shapes(composed, x)
+        lorita_step = make_step(composed, x, y)
+        for mode in modes:
+            set_mode(composed, mode)
+            times = common.interleaved([("dense", dense_step), ("lorita", lorita_step)], warmup=warmup,
+                                       repeats=repeats, device=device)
+            ratios = [lo / de for de, lo in zip(times["dense"], times["lorita"], strict=True)]
+            macs = analytic(composed, shapes, mode)
+            target = TARGETS.get((name, n, mode)) if (device.type, batch) == TARGET_SETTING else None
+            ratio = common.median(ratios)
+            rows.append({
+                "model": name, "dataset": dataset, "batch": batch, "factors": n, "mode": mode, "device": str(device),
+                "dense_ms": 1000 * common.median(times["dense"]), "lorita_ms": 1000 * common.median(times["lorita"]),
+                "ratio": ratio, "ratio_min": min(ratios), "ratio_max": max(ratios), "steps": len(ratios),
+                "dense_fwd_macs": dense_macs, "extra_fwd_macs": macs["extra_macs"],
+                "extra_fwd_macs_rel": macs["extra_macs"] / dense_macs,
+                "weight_path_layers": macs["weight_layers"], "composed_layers": macs["layers"],
+                "target": target, "met": None if target is None else ratio <= target,
+            })
+            print(f"  {name} factors={n} {mode}: {rows[-1]['dense_ms']:.1f} ms dense, "
+                  f"{rows[-1]['lorita_ms']:.1f} ms LoRITa, x{ratio:.3f}", flush=True)
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = {"quick": args.quick, "models": args.models, "batch": args.batch, "factors": args.factors,
+                "modes": args.modes, "warmup": args.warmup, "repeats": args.repeats, "device": str(args.device),
+                "optimizer": "SGD(lr=1e-3, momentum=0.9, weight_decay=5e-4)", "loss": "CE(label_smoothing=0.1)"}
+    rows = []
+    for name in args.models:
+        rows += bench_model(name, batch=args.batch, factors=args.factors, modes=args.modes, warmup=args.warmup,
+                            repeats=args.repeats, device=args.device)
+    return common.result(NAME, settings, rows)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    rows = []
+    for r in result["rows"]:
+        target = "" if r["target"] is None else f"≤ {r['target']:.2f} ({'met' if r['met'] else 'MISSED'})"
+        rows.append([r["model"], r["factors"], r["mode"], common.fmt(r["dense_ms"], 1), common.fmt(r["lorita_ms"], 1),
+                     f"{r['ratio']:.3f}", f"{100 * r['extra_fwd_macs_rel']:+.1f}%",
+                     f"{r['weight_path_layers']}/{r['composed_layers']}", target])
+    head = (f"### Training step, LoRITa vs dense ({s['device']}, batch {s['batch']}, median of {s['repeats']} "
+            f"interleaved pairs after {s['warmup']} warm-up)\n\n"
+            "ratio: median over pairs of LoRITa step / the dense step just before it. extra MACs: analytic extra "
+            "forward multiply-adds of the mode's per-layer choice relative to the dense forward. weight path: "
+            "composed layers that multiply the weights first.\n\n")
+    return head + common.table(["model", "factors", "mode", "dense ms", "LoRITa ms", "ratio", "extra MACs",
+                                "weight path", "target"], rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--device", type=common.device_arg, default=torch.device("cpu"), help="cpu (default), cuda, auto")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=None)
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 128; 2 with --quick)")
+    p.add_argument("--factors", nargs="+", type=int, default=[2, 3])
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--warmup", type=int, default=None, help="warm-up pairs (default 2; 1 with --quick)")
+    p.add_argument("--repeats", type=int, default=None, help="timed pairs (default 7; 1 with --quick)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = common.setup(build_parser().parse_args(argv))
+    args.models = args.models or list(QUICK_MODELS if args.quick else MODELS)
+    args.batch = args.batch or (2 if args.quick else 128)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    args.repeats = args.repeats or (1 if args.quick else 7)
+    return common.finish(NAME, run(args), args.out, markdown)
+
+
+if __name__ == "__main__":
+    main()
