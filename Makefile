@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test lint demo run ui bench clean
+.PHONY: install test lint demo report run ui bench clean
 
 install: $(STAMP)
 
@@ -20,8 +20,21 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
+JOBS    ?= 2
+REPORT  ?= reports_out
+
+# The offline demo grid on scikit-learn's digits (88 runs), then its report.
 demo: install
-	@echo "make demo is delivered by the sweeps/report issue; until then see README 'Quick start'." && exit 1
+	$(BIN)/lorita-bench sweep benchmarks/configs/demo.yaml --jobs $(JOBS)
+	$(BIN)/lorita-bench report --experiment demo --out $(REPORT)/demo
+	@echo ""
+	@echo "report:         $(REPORT)/demo/report.html (and report.md, figures/, tables/)"
+	@echo "tracking store: $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"
+	@echo "browse runs:    make ui   (MLflow UI on http://127.0.0.1:5000)"
+
+# Figures and tables again from the tracking store, no retraining (EXPERIMENT=name for one experiment).
+report: install
+	$(BIN)/lorita-bench report --out $(REPORT) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
 
 # make run ARGS="--model fcn --dataset digits --method lorita --factors 3 --target-flops-drop 0.5"
 run: install

@@ -87,12 +87,8 @@ def load_dataset(
         splits = _load_mnist(root, download)
     elif name in ("cifar10", "cifar100"):
         splits = _load_cifar(name, root, download)
-    elif name.startswith("imagefolder:") and name != "imagefolder:":
-        folder = Path(name.removeprefix("imagefolder:")).expanduser()
-        # A relative folder is looked up under data_root when one is given, else under the cwd.
-        if data_root is not None and not folder.is_absolute():
-            folder = Path(data_root) / folder
-        splits = _load_imagefolder(name, folder, cache_dir)
+    elif _is_imagefolder(name):
+        splits = _load_imagefolder(name, _imagefolder_path(name, data_root), cache_dir)
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     train_x, train_y, val_x, val_y = _split_val(splits.train_x, splits.train_y, val_fraction, seed)
@@ -111,6 +107,31 @@ def load_dataset(
         std=splits.std,
         crop_flip=splits.crop_flip,
     )
+
+
+def check_available(name: str, data_root: str | None = None) -> None:
+    """Raise the DataError load_dataset would for a missing or invalid dataset, without decoding images."""
+    if not _is_imagefolder(name):
+        # digits is bundled, mnist and cifar are arrays read in well under a second (or downloaded, as
+        # load_dataset would); an unknown name raises load_dataset's own error.
+        load_dataset(name, data_root=data_root)
+        return
+    # Listing the folders runs every check of an image folder; decoding its images can take minutes.
+    folder = _imagefolder_path(name, data_root).resolve()
+    _, classes = _list_split(name, folder, "train", None)
+    _list_split(name, folder, "test", classes)
+
+
+def _is_imagefolder(name: str) -> bool:
+    return name.startswith("imagefolder:") and name != "imagefolder:"
+
+
+def _imagefolder_path(name: str, data_root: str | None) -> Path:
+    folder = Path(name.removeprefix("imagefolder:")).expanduser()
+    # A relative folder is looked up under data_root when one is given, else under the cwd.
+    if data_root is not None and not folder.is_absolute():
+        folder = Path(data_root) / folder
+    return folder
 
 
 def normalize(x_uint8: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -149,10 +170,11 @@ def batches(
         idx = order[start : start + batch_size]
         if drop_last and idx.numel() < batch_size:
             break
-        xb = x[idx]
+        # index_select is ~30x faster than advanced indexing for a batch of rows on the CPU.
+        xb = x.index_select(0, idx)
         if augment:
             xb = random_crop_flip(xb, generator)
-        yield normalize(xb, mean, std), y[idx]
+        yield normalize(xb, mean, std), y.index_select(0, idx)
 
 
 def random_crop_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -163,13 +185,10 @@ def random_crop_flip(x: Tensor, generator: torch.Generator | None = None) -> Ten
     dy = torch.randint(0, 2 * PAD + 1, (b,), generator=generator).to(x.device)
     dx = torch.randint(0, 2 * PAD + 1, (b,), generator=generator).to(x.device)
     flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-    rows = dy[:, None] + torch.arange(h, device=x.device)
-    ramp = torch.arange(w, device=x.device)
-    # A flip is the crop read right to left, so crop and flip are one gather.
-    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - ramp, ramp)
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    # Every crop position is a view of the padded batch; picking one per image is a single gather.
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (b, c, 2*PAD+1, 2*PAD+1, h, w)
+    crops = windows[torch.arange(b, device=x.device), :, dy, dx]
+    return torch.where(flip[:, None, None, None], crops.flip(-1), crops)
 
 
 def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

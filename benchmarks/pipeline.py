@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,7 +135,7 @@ class Trained:
     cache_hit: bool
 
 
-def obtain_trained(cfg: RunConfig, data: Dataset, device: torch.device, log) -> Trained:
+def obtain_trained(cfg: RunConfig, data: Dataset, device: torch.device, log, log_history) -> Trained:
     """The trained model from the cache, or trained now (resumable) and cached for every later target."""
     folder = Path(cfg.cache_dir) / "trained" / trained_key(cfg)
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,8 +146,7 @@ def obtain_trained(cfg: RunConfig, data: Dataset, device: torch.device, log) -> 
         if meta_path.exists() and state_path.exists() and _load_state(state_path, model):
             meta = json.loads(meta_path.read_text())
             tqdm.write(f"reusing trained model {folder} (trained in {meta['train_time_s']:.1f} s)")
-            for epoch, metrics in enumerate(meta["history"], 1):
-                log(metrics, epoch)
+            log_history(meta["history"])
             return Trained(model.to(device), meta, cache_hit=True)
         example = torch.zeros(2, *data.in_shape, device=device)
         hook = methods.training_hook(cfg, model, example)
@@ -188,7 +188,7 @@ def compress_and_finetune(cfg: RunConfig, data: Dataset, base: nn.Module, device
     """Compress to the target in `steps` rounds, fine-tuning between them within the one fine-tune budget."""
     example = torch.zeros(1, *data.in_shape, device=device)
     reference = lorita.count_flops_params(base, example)
-    folder = check_writable(Path(cfg.cache_dir) / "runs" / cfg.config_hash())
+    folder = check_writable(finetune_dir(cfg))
     steps = methods.prune_steps(cfg)
     train_batches = _criterion_batches(cfg, data)
     model, structure, acc_compressed, done = base, {}, float("nan"), 0
@@ -202,6 +202,11 @@ def compress_and_finetune(cfg: RunConfig, data: Dataset, base: nn.Module, device
               desc=f"fine-tune {i}/{steps}")
         done += epochs
     return model, structure, acc_compressed
+
+
+def finetune_dir(cfg: RunConfig) -> Path:
+    """Where a run keeps its fine-tuning checkpoints until it finishes."""
+    return Path(cfg.cache_dir) / "runs" / cfg.config_hash()
 
 
 def _measure_size(model: nn.Module, data: Dataset, device: torch.device) -> tuple[int, int]:
@@ -235,8 +240,8 @@ def run_name(cfg: RunConfig) -> str:
     return "-".join([*parts, f"s{cfg.seed}"])
 
 
-def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = False,
-            latency: bool = True) -> RunResult:
+def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = False, latency: bool = True,
+            tags: dict[str, str] | None = None) -> RunResult:
     """Run one benchmark end to end and record it; a failure is recorded FAILED and re-raised."""
     cfg = methods.resolve(cfg)
     device = resolve_device(cfg.device)
@@ -247,10 +252,12 @@ def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = F
         if existing is not None:
             tqdm.write(f"already finished in the store as run {existing}: skipped (use --force to run again)")
             return RunResult(cfg, existing, "SKIPPED")
+    else:
+        shutil.rmtree(finetune_dir(cfg), ignore_errors=True)
     data = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction, seed=cfg.seed,
                         device=device, cache_dir=cfg.cache_dir)
     run_id = tracking.start_run(cfg.experiment, run_name(cfg), params=config_to_dict(cfg),
-                                tags=run_tags(cfg, device), parent_run_id=parent_run_id)
+                                tags={**run_tags(cfg, device), **(tags or {})}, parent_run_id=parent_run_id)
     tracking.log_text(run_id, schema.ARTIFACT_CONFIG, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     def log(metrics: dict[str, float], step: int) -> None:
@@ -265,11 +272,13 @@ def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = F
         tracking.end_run(run_id, "FAILED", error=f"{type(err).__name__}: {err}")
         raise
     tracking.end_run(run_id, "FINISHED")
+    # Finished: a later --force run (or the same config in another experiment) must fine-tune afresh.
+    shutil.rmtree(finetune_dir(cfg), ignore_errors=True)
     return result
 
 
 def _stages(cfg: RunConfig, data: Dataset, device: torch.device, run_id: str, log, latency: bool) -> RunResult:
-    trained = obtain_trained(cfg, data, device, log)
+    trained = obtain_trained(cfg, data, device, log, lambda history: tracking.log_history(run_id, history))
     tracking.set_tags(run_id, {schema.TAG_CACHE_HIT: "true" if trained.cache_hit else "false"})
     base = methods.uncompressed(cfg, trained.model)
     flops_base, params_base = _measure_size(base, data, device)

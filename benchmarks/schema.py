@@ -79,6 +79,7 @@ TAG_GPU_NAME = "gpu_name"
 TAG_CACHE_HIT = "cache_hit"  # "true" when the trained model came from the cache, else "false"
 TAG_ERROR = "error"  # message of a FAILED run
 TAG_SWEEP = "sweep"  # name of the sweep, on the sweep's parent run and on each of its runs
+TAG_GRID_HASH = "sweep_grid_hash"  # on a sweep's parent run: hash of its grid, so a rerun reuses the parent
 TAGS = (
     TAG_METHOD,
     TAG_MODEL,
@@ -105,6 +106,7 @@ ARTIFACT_RANKS = "ranks.json"  # per-layer rank plan
 ARTIFACT_STRUCTURE = "structure.json"  # what rebuilding the compressed model needs (rank plan, channels)
 ARTIFACT_SPECTRA = "spectra.json"  # per-layer singular values of the trained model
 ARTIFACT_MODEL = "model.pt"  # final state dict (torch.save; load with weights_only=True)
+ARTIFACT_SWEEP = "sweep.yaml"  # on a sweep's parent run: the sweep file
 ARTIFACTS = (ARTIFACT_CONFIG, ARTIFACT_RANKS, ARTIFACT_STRUCTURE, ARTIFACT_SPECTRA, ARTIFACT_MODEL)
 
 # --- Run statuses (MLflow's names, as in the ``status`` column and ``attributes.status`` filters) ---------

@@ -77,7 +77,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def _env(values: Mapping[str, str]) -> Iterator[None]:
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a `with` block, then restore them."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
@@ -98,7 +99,7 @@ def ensure_store(uri: str | None = None) -> None:
         # several processes open a fresh SQLite file at the same time.
         MlflowClient(uri).search_experiments(max_results=1)
         return
-    with _env(_PROBE_ENV):
+    with environment(_PROBE_ENV):
         try:
             MlflowClient(uri).search_experiments(max_results=1)
         except MlflowException as exc:
@@ -194,6 +195,13 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = No
     """Log several metrics at one step (an epoch; MLflow's step 0 when None)."""
     now = int(time.time() * 1000)
     _log_metric_entries(run_id, [Metric(key, float(value), now, step or 0) for key, value in metrics.items()])
+
+
+def log_history(run_id: str, history: Sequence[Mapping[str, float]], first_step: int = 1) -> None:
+    """Per-epoch metric dicts in one batch (step = first_step + index), e.g. a cached training's history."""
+    now = int(time.time() * 1000)
+    _log_metric_entries(run_id, [Metric(name, float(value), now, first_step + i) for i, metrics in
+                                 enumerate(history) for name, value in metrics.items()])
 
 
 def log_series(run_id: str, name: str, values: Mapping[int, float]) -> None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
-from fvcore.nn import FlopCountAnalysis, parameter_count
-from fvcore.nn.jit_handles import get_shape
 from torch import nn
+
+with warnings.catch_warnings():
+    # fvcore scripts a loss function at import, which torch >= 2.10 reports as deprecated on every start.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    from fvcore.nn import FlopCountAnalysis, parameter_count
+    from fvcore.nn.jit_handles import get_shape
 
 
 def _sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:

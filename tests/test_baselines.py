@@ -17,8 +17,6 @@ from baselines.importance import make_importance
 from benchmarks.models import PadShortcut, create_model
 from lorita.counting import count_flops_params
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-
 PRUNING = [name for name, spec in baselines.METHODS.items() if spec.kind == "prune"]
 TARGETS = (0.3, 0.5, 0.7)
 CIFAR = (3, 32, 32)
