@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test lint demo report run ui bench clean
+.PHONY: install test lint demo reproduce report run ui bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,13 @@ demo: install
 	@echo "report:         $(REPORT)/demo/report.html (and report.md, figures/, tables/)"
 	@echo "tracking store: $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"
 	@echo "browse runs:    make ui   (MLflow UI on http://127.0.0.1:5000)"
+
+# The paper's grid: PRESET=paper (full budgets; a GPU job) or short (epochs cut 20x); DATA_ROOT=folder
+# holding the datasets; BLOCKS=mnist_fcn,... for a subset.
+PRESET  ?= paper
+reproduce: install
+	$(BIN)/lorita-bench reproduce --preset $(PRESET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+		$(if $(BLOCKS),--blocks $(BLOCKS)) --jobs $(JOBS)
 
 # Figures and tables again from the tracking store, no retraining (EXPERIMENT=name for one experiment).
 report: install

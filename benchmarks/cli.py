@@ -59,6 +59,14 @@ def _ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from benchmarks.reproduce import reproduce
+
+    only = [b.strip() for b in args.blocks.split(",") if b.strip()] if args.blocks else None
+    return reproduce(preset=args.preset, data_root=args.data_root, only=only, jobs=args.jobs,
+                     plan_only=args.plan_only)
+
+
 def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from benchmarks.pipeline import execute
@@ -74,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorita-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub).set_defaults(handler=_run)
+    rep = sub.add_parser("reproduce", help="the paper's grid (benchmarks/configs/paper/): plan, then run")
+    rep.add_argument("--preset", default="paper", help="paper (full budgets) or short (epochs cut 20x)")
+    rep.add_argument("--data-root", help="folder holding the datasets (e.g. mnist-10k/, cifar10-jpeg/)")
+    rep.add_argument("--blocks", help="comma-separated blocks (default all: see benchmarks/configs/paper/)")
+    rep.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    rep.add_argument("--plan-only", action="store_true", help="print the plan and estimate, train nothing")
+    rep.set_defaults(handler=_reproduce)
     sub.add_parser("methods", help="list the registered methods").set_defaults(handler=_methods)
     ui = sub.add_parser("ui", help="serve the MLflow UI for the current tracking store")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")

@@ -345,11 +345,15 @@ def run_sweep(path: str, *, jobs: int = 1, executor: str = "local") -> int:
     A bad sweep file, executor or job count, or a missing dataset, raises a one-line ConfigError/DataError
     before anything trains.
     """
+    return run_grid(load_sweep(path), jobs=jobs, executor=executor)
+
+
+def run_grid(sweep: Sweep, *, jobs: int = 1, executor: str = "local") -> int:
+    """Run a parsed sweep (see run_sweep for the exit codes)."""
     if executor not in EXECUTORS:
         raise ConfigError(f"sweep: executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"sweep: jobs must be an integer >= 1; got {jobs!r}")
-    sweep = load_sweep(path)
     runs = expand(sweep)
     _check_inputs(runs)
     # Created and migrated once here: MLflow's migrations race when several workers open a fresh store.
