@@ -1,4 +1,4 @@
-"""`lorita-bench`: run one benchmark, open the MLflow UI."""
+"""`lorita-bench`: run one benchmark or a grid, reproduce the paper, list methods, open the MLflow UI."""
 
 from __future__ import annotations
 
@@ -67,6 +67,12 @@ def _reproduce(args: argparse.Namespace) -> int:
                      plan_only=args.plan_only)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from benchmarks.sweep import run_sweep
+
+    return run_sweep(args.config, jobs=args.jobs, executor=args.executor)
+
+
 def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from benchmarks.pipeline import execute
@@ -82,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorita-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub).set_defaults(handler=_run)
+    sweep = sub.add_parser("sweep", help="run a grid of benchmarks from a YAML sweep file (skips finished runs)")
+    sweep.add_argument("config", help="sweep YAML (see benchmarks/configs/demo.yaml)")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs in parallel processes on this machine (default 1)")
+    sweep.add_argument("--executor", default="local", help="local (default)")
+    sweep.set_defaults(handler=_sweep)
     rep = sub.add_parser("reproduce", help="the paper's grid (benchmarks/configs/paper/): plan, then run")
     rep.add_argument("--preset", default="paper", help="paper (full budgets) or short (epochs cut 20x)")
     rep.add_argument("--data-root", help="folder holding the datasets (e.g. mnist-10k/, cifar10-jpeg/)")

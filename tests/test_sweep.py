@@ -22,7 +22,6 @@ TINY = {"models": [{"name": "fcn", "layers": 2, "width": 16}], "datasets": ["dig
         "methods": ["dense", "svd", "lorita", "l1"], "factors": [2], "targets": {"flops_drop": [0.5]},
         "seeds": [0], "budget": {"epochs": 2, "finetune_epochs": 1, "batch_size": 64, "lr": 0.05},
         "device": "cpu"}
-RUN_SWEEP = "import sys; from benchmarks.sweep import run_sweep; sys.exit(run_sweep(sys.argv[1]))"
 
 
 def _write(store, name, **changes):
@@ -150,8 +149,9 @@ def test_killed_sweep_resumes_without_duplicates(store):
     path = _write(store, "killed", methods=["dense", "svd", "l1", "group_norm", "random", "lorita"], seeds=[0, 1],
                   cache_dir=str(store / "cache-killed"))
     expected = _hashes(path)
-    proc = subprocess.Popen([sys.executable, "-c", RUN_SWEEP, path], cwd=store, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    # The real command line, killed for real.
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "sweep", path], cwd=store,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     try:
         while len(_finished_hashes("killed")) < 3 and proc.poll() is None and time.monotonic() < deadline:
