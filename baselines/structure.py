@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from lorita.forward import probe
+
 _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -19,20 +21,8 @@ def classifier_name(model: nn.Module, example_input: torch.Tensor | None = None)
     if example_input is not None:
         order: list[str] = []
         names = {module: name for name, module in model.named_modules()}
-        handles = [
-            module.register_forward_hook(lambda m, i, o: order.append(names[m]))
-            for module in model.modules()
-            if isinstance(module, _ROOT_TYPES)
-        ]
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                model(example_input)
-        finally:
-            model.train(was_training)
-            for handle in handles:
-                handle.remove()
+        probe(model, example_input, {module: lambda m, i, o: order.append(names[m])
+                                     for module in model.modules() if isinstance(module, _ROOT_TYPES)})
         modules = dict(model.named_modules())
         linears = [name for name in order if isinstance(modules[name], nn.Linear)]
         if linears or order:

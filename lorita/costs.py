@@ -10,6 +10,7 @@ from torch import nn
 
 from lorita._validate import checked_ranks, lowrank_layers
 from lorita.counting import count_flops_params
+from lorita.forward import probe
 from lorita.spectra import model_cache, weight_matrix
 
 
@@ -60,19 +61,9 @@ def _positions(model: nn.Module, layers: Mapping[str, nn.Module], example_input:
 
         return hook
 
-    handles = [
-        layer.register_forward_hook(record(name, weight_matrix(layer.weight).shape[0]))
-        for name, layer in layers.items()
-    ]
-    was_training = model.training
-    model.eval()  # fvcore counts in eval mode; shapes must come from the same pass
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    # Eval mode, as fvcore counts: the shapes come from the same kind of pass.
+    probe(model, example_input, {layer: record(name, weight_matrix(layer.weight).shape[0])
+                                 for name, layer in layers.items()})
     return positions
 
 

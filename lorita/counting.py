@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lorita.forward import evaluating
+
 with warnings.catch_warnings():
     # fvcore scripts a loss function at import, which torch >= 2.10 reports as deprecated on every start.
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
@@ -27,17 +29,12 @@ def _sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
 
 def flops_by_module(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     """fvcore FLOPs (multiply-adds, eval mode, for this input) per module name; "" is the whole model."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            analysis = FlopCountAnalysis(model, example_input)
-            analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop_jit)
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            return {name: int(value) for name, value in analysis.by_module().items()}
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        analysis = FlopCountAnalysis(model, example_input)
+        analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop_jit)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        return {name: int(value) for name, value in analysis.by_module().items()}
 
 
 def count_flops_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:

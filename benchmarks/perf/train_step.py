@@ -20,6 +20,7 @@ import lorita
 from benchmarks.models import create_model
 from benchmarks.perf import common
 from lorita.compose import COMPOSED, ComposedConv2d, ComposedLinear, _conv_output_size, set_mode
+from lorita.forward import probe
 
 NAME = "train_step"
 # (input shape, dataset it stands for) per model; every model has 10 classes.
@@ -53,19 +54,8 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
 def input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
     """The input shape of every composed layer in one eval-mode forward of `x` (a layer called twice: last call)."""
     shapes: dict[str, tuple[int, ...]] = {}
-    handles = [
-        module.register_forward_hook(lambda m, args, out, name=name: shapes.__setitem__(name, tuple(args[0].shape)))
-        for name, module in model.named_modules() if isinstance(module, COMPOSED)
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    probe(model, x, {module: lambda m, args, out, name=name: shapes.__setitem__(name, tuple(args[0].shape))
+                     for name, module in model.named_modules() if isinstance(module, COMPOSED)})
     return shapes
 
 
