@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -204,9 +204,14 @@ def compress_and_finetune(cfg: RunConfig, data: Dataset, base: nn.Module, device
     return model, structure, acc_compressed
 
 
+def run_key(cfg: RunConfig) -> str:
+    """Identity of a run in its experiment (the same config may run in several experiments)."""
+    return f"{cfg.config_hash()}-{stable_hash(cfg.experiment)[:6]}"
+
+
 def finetune_dir(cfg: RunConfig) -> Path:
     """Where a run keeps its fine-tuning checkpoints until it finishes."""
-    return Path(cfg.cache_dir) / "runs" / cfg.config_hash()
+    return Path(cfg.cache_dir) / "runs" / run_key(cfg)
 
 
 def _measure_size(model: nn.Module, data: Dataset, device: torch.device) -> tuple[int, int]:
@@ -245,8 +250,24 @@ def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = F
     """Run one benchmark end to end and record it; a failure is recorded FAILED and re-raised."""
     cfg = methods.resolve(cfg)
     device = resolve_device(cfg.device)
-    check_writable(cfg.cache_dir)
+    claims = check_writable(Path(cfg.cache_dir) / "claims")
     tracking.ensure_store()
+    # The claim is an OS file lock: held while this process runs the config, released when it ends or dies,
+    # so two processes (parallel workers, concurrent sweeps) never run it twice and a dead one's claim expires.
+    claim = FileLock(str(claims / f"{run_key(cfg)}.lock"))
+    try:
+        claim.acquire(timeout=0)
+    except Timeout:
+        tqdm.write(f"{run_name(cfg)} is being run by another process: skipped")
+        return RunResult(cfg, None, "SKIPPED")
+    try:
+        return _claimed(cfg, device, parent_run_id=parent_run_id, force=force, latency=latency, tags=tags)
+    finally:
+        claim.release()
+
+
+def _claimed(cfg: RunConfig, device: torch.device, *, parent_run_id: str | None, force: bool, latency: bool,
+             tags: dict[str, str] | None) -> RunResult:
     if not force:
         existing = tracking.find_run(cfg.experiment, cfg.config_hash())
         if existing is not None:
@@ -254,6 +275,10 @@ def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = F
             return RunResult(cfg, existing, "SKIPPED")
     else:
         shutil.rmtree(finetune_dir(cfg), ignore_errors=True)
+    # RUNNING runs of this config whose process held no claim died (SIGKILL, power loss): close them, so the
+    # store ends with one FINISHED run per config.
+    while (stale := tracking.find_run(cfg.experiment, cfg.config_hash(), (schema.STATUS_RUNNING,))) is not None:
+        tracking.end_run(stale, schema.STATUS_KILLED, error="its process died; replaced by a new run")
     data = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction, seed=cfg.seed,
                         device=device, cache_dir=cfg.cache_dir)
     run_id = tracking.start_run(cfg.experiment, run_name(cfg), params=config_to_dict(cfg),

@@ -117,3 +117,33 @@ def test_unreachable_target_is_recorded_failed(store):
 def test_bad_method_options_are_refused_before_training(store, method, options, message):
     with pytest.raises(ValueError, match=message):
         execute(_cfg(store, method=method, target_metric="flops_drop", target=0.5, method_options=options))
+
+
+def test_a_claimed_config_is_not_run_twice_and_a_dead_claim_expires(store):
+    import subprocess
+    import sys
+
+    from benchmarks.pipeline import run_key
+
+    cfg = _cfg(store, method="svd", target_metric="flops_drop", target=0.5, experiment="claims")
+    from benchmarks.methods import resolve
+
+    lock = store / "cache" / "claims" / f"{run_key(resolve(cfg))}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    hold = (f"from filelock import FileLock; claim = FileLock({str(lock)!r}); claim.acquire(); "
+            "print('held', flush=True); import sys; sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert execute(cfg, latency=False).status == "SKIPPED"
+        assert tracking.search_runs("claims").empty
+    finally:
+        holder.kill()  # a dead process's claim is released by the OS
+        holder.wait(timeout=30)
+    stale = tracking.start_run("claims", "killed-earlier", params={},
+                               tags={schema.TAG_CONFIG_HASH: resolve(cfg).config_hash()})
+    result = execute(cfg, latency=False)
+    assert result.status == "FINISHED"
+    runs = tracking.search_runs("claims").set_index("run_id")
+    assert runs.loc[stale, "status"] == "KILLED" and runs.loc[result.run_id, "status"] == "FINISHED"
+    assert (runs["status"] == "FINISHED").sum() == 1
