@@ -147,3 +147,24 @@ def test_a_claimed_config_is_not_run_twice_and_a_dead_claim_expires(store):
     runs = tracking.search_runs("claims").set_index("run_id")
     assert runs.loc[stale, "status"] == "KILLED" and runs.loc[result.run_id, "status"] == "FINISHED"
     assert (runs["status"] == "FINISHED").sum() == 1
+
+
+def test_non_finite_loss_stops_at_once_naming_the_epoch():
+    from torch import nn
+
+    from benchmarks.pipeline import _phase
+    from benchmarks.train import NonFiniteLoss, train
+
+    data = load_dataset("digits")
+
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)) * float("nan")
+
+    cfg = make_config({"budget": {"epochs": 3}})
+    with pytest.raises(NonFiniteLoss, match="loss is nan at epoch 1"):
+        train(Broken(), data, _phase(cfg, data, finetune=False), seed=0)
