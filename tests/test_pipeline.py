@@ -168,3 +168,18 @@ def test_non_finite_loss_stops_at_once_naming_the_epoch():
     cfg = make_config({"budget": {"epochs": 3}})
     with pytest.raises(NonFiniteLoss, match="loss is nan at epoch 1"):
         train(Broken(), data, _phase(cfg, data, finetune=False), seed=0)
+
+
+def test_corrupt_cached_model_is_reported_and_retrained(store, capsys):
+    from benchmarks.methods import resolve
+    from benchmarks.pipeline import trained_key
+
+    first = execute(_cfg(store, method="svd", target_metric="flops_drop", target=0.4, experiment="corrupt"),
+                    latency=False)
+    cfg = resolve(_cfg(store, method="svd", target_metric="flops_drop", target=0.5, experiment="corrupt"))
+    state = store / "cache" / "trained" / trained_key(cfg) / "model.pt"
+    state.write_bytes(b"not a checkpoint")
+    second = execute(cfg, latency=False)
+    assert second.status == "FINISHED" and not second.cache_hit
+    assert "unusable" in capsys.readouterr().out
+    assert second.metrics[schema.ACC_TRAINED] == first.metrics[schema.ACC_TRAINED]
