@@ -18,6 +18,7 @@ from reports.tables import TARGET_NAMES, target_title
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#7f7f7f")
+MARKERS = ("o", "s", "^", "D", "v")
 # Lines of runs that targeted the other metric are dashed when a panel holds both kinds.
 TARGET_STYLES = {"flops_drop": "-", "params_drop": "--"}
 DROP_NAMES = {schema.FLOPS_DROP: "FLOPs", schema.PARAMS_DROP: "parameters"}
@@ -44,6 +45,12 @@ def _colors(labels: list[str]) -> dict[str, str]:
     # Dense is the black reference everywhere, so a method keeps its color whether or not dense is drawn.
     methods = [label for label in labels if label != "dense"]
     return {"dense": "black", **{label: PALETTE[i % len(PALETTE)] for i, label in enumerate(methods)}}
+
+
+def _markers(labels: list[str]) -> dict[str, str]:
+    # Past the palette's length colors repeat: a different marker keeps every method distinguishable.
+    methods = [label for label in labels if label != "dense"]
+    return {"dense": "o", **{label: MARKERS[i // len(PALETTE) % len(MARKERS)] for i, label in enumerate(methods)}}
 
 
 def _legend_outside(ax: Axes) -> None:
@@ -77,7 +84,7 @@ def tradeoff_figure(runs: pd.DataFrame, drop: str, title: str) -> Figure:
     compressed = runs[runs["target"].notna()]
     stats = collect.seed_stats(compressed, ["label", "target_metric", "target"], [drop, schema.ACC_FINETUNED])
     labels = collect.ordered_labels(stats["label"])
-    colors = _colors(labels)
+    colors, markers = _colors(labels), _markers(labels)
     both = stats["target_metric"].nunique() > 1
     fig = _figure(8.0, 4.4)
     ax = fig.add_subplot()
@@ -87,7 +94,7 @@ def tradeoff_figure(runs: pd.DataFrame, drop: str, title: str) -> Figure:
             name = f"{label} ({TARGET_NAMES.get(metric, metric)} targets)" if both else label
             ax.errorbar(_pct(line[f"{drop}_mean"]), _pct(line[f"{schema.ACC_FINETUNED}_mean"]),
                         xerr=_pct(line[f"{drop}_std"]), yerr=_pct(line[f"{schema.ACC_FINETUNED}_std"]),
-                        color=colors[label], ls=TARGET_STYLES.get(metric, ":"), marker="o", ms=5, capsize=3,
+                        color=colors[label], ls=TARGET_STYLES.get(metric, ":"), marker=markers[label], ms=5, capsize=3,
                         label=name)
     x, y = _pct(stats[f"{drop}_mean"]), _pct(stats[f"{schema.ACC_FINETUNED}_mean"])
     front = pareto_mask(x, y)
@@ -205,7 +212,7 @@ def ablation_figure(runs: pd.DataFrame, x: str, xlabel: str, title: str, log_x: 
     compressed = runs[runs["target"].notna()]
     targets = sorted(compressed.groupby(["target_metric", "target"]).groups) or [None]
     labels = collect.ordered_labels(runs["label"])
-    colors = _colors(labels)
+    colors, markers = _colors(labels), _markers(labels)
     ncols = min(3, len(targets))
     fig = _figure(4.2 * ncols, 3.4 * math.ceil(len(targets) / ncols) + 0.4)
     for ax, target in zip(_panels(fig, len(targets)), targets, strict=True):
@@ -215,8 +222,8 @@ def ablation_figure(runs: pd.DataFrame, x: str, xlabel: str, title: str, log_x: 
         for label in collect.ordered_labels(stats["label"]):
             line = stats[stats["label"] == label]
             ax.errorbar(line[x], _pct(line[f"{schema.ACC_FINETUNED}_mean"]),
-                        yerr=_pct(line[f"{schema.ACC_FINETUNED}_std"]), color=colors[label], marker="o", ms=4,
-                        capsize=3, ls=":" if label == "dense" else "-", label=label)
+                        yerr=_pct(line[f"{schema.ACC_FINETUNED}_std"]), color=colors[label], marker=markers[label],
+                        ms=4, capsize=3, ls=":" if label == "dense" else "-", label=label)
         if log_x:
             positive = part.loc[part[x] > 0, x]
             # Weight decay 0 has no place on a log axis: linear near zero, log beyond the smallest value used.
