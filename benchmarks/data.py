@@ -18,6 +18,8 @@ from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
+from benchmarks.files import write_atomic
+
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder:<path>")
 
 # Per-channel statistics on the 0..1 scale. The digits values are those of its fixed 80/20 train split
@@ -404,12 +406,8 @@ def _check_payload(payload: object) -> None:
 
 
 def _write_cache(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, tmp)
-        # Atomic rename so a concurrent or interrupted run never sees a half-written cache.
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: torch.save(payload, tmp))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         warnings.warn(f"could not write dataset cache {path} ({err}); continuing without it", stacklevel=4)

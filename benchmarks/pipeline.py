@@ -23,6 +23,7 @@ import lorita
 from benchmarks import methods, schema, tracking
 from benchmarks.config import RunConfig, config_to_dict, stable_hash
 from benchmarks.data import Dataset, batches, load_dataset
+from benchmarks.files import write_atomic
 from benchmarks.measure import keep_curve, latency_ms
 from benchmarks.models import create_model
 from benchmarks.train import Phase, evaluate, train
@@ -158,18 +159,10 @@ def obtain_trained(cfg: RunConfig, data: Dataset, device: torch.device, log, log
                 "acc_trained": evaluate(model, data.test_x, data.test_y, data),
                 "acc_at_keep": keep_curve(plain, lambda m: evaluate(m, data.test_x, data.test_y, data), exclude),
                 "spectra": {k: v.tolist() for k, v in lorita.spectra(plain).items()}}
-        _save_json(meta, meta_path)
-        tmp = state_path.with_name(f".model.{os.getpid()}.tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, state_path)
+        write_atomic(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))
+        write_atomic(state_path, lambda tmp: torch.save(model.state_dict(), tmp))
         (folder / "checkpoint.pt").unlink(missing_ok=True)
         return Trained(model, meta, cache_hit=False)
-
-
-def _save_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
 
 
 def _criterion_batches(cfg: RunConfig, data: Dataset) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmarks.data import Dataset, batches
+from benchmarks.files import write_atomic
 
 MetricLogger = Callable[[dict[str, float], int], None]
 
@@ -75,12 +75,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Dataset, 
         correct += (model(inputs).argmax(1) == labels).sum().item()
     model.train(was_training)
     return correct / len(y)
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _load_checkpoint(path: Path | None) -> dict | None:
@@ -157,7 +151,8 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
             log(metrics, epoch + 1)
         epochs.set_postfix(loss=f"{metrics[f'{pre}train_loss']:.3f}", acc=f"{metrics[f'{pre}test_acc']:.3f}")
         if checkpoint is not None:
-            _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "order": order.get_state(),
-                          "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1}, checkpoint)
+                          "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1}
+            write_atomic(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
     return history
