@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from lorita.compose import _weight_read_directly, is_composed
+from lorita.compose import is_composed, weight_read_directly
 from lorita.spectra import weight_matrix
 
 
@@ -22,7 +22,7 @@ def require_collapsed(model: nn.Module) -> None:
 def lowrank_layers(model: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
     """Every layer a rank plan may name: Linear and ungrouped Conv2d, unless a parent reads its weight."""
     # A parent such as nn.MultiheadAttention reads out_proj.weight itself; replacing that Linear breaks it.
-    read_directly = _weight_read_directly(model)
+    read_directly = weight_read_directly(model)
     return {
         name: m for name, m in model.named_modules()
         if (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)) and name not in read_directly

@@ -100,7 +100,7 @@ class ComposedConv2d(nn.Module):
             return self.mode == "weight"
         first = self.factors[0]
         batch = x.numel() // (x.shape[-3] * x.shape[-2] * x.shape[-1])
-        h_out, w_out = _conv_output_size(first, x.shape[-2], x.shape[-1])
+        h_out, w_out = conv_output_size(first, x.shape[-2], x.shape[-1])
         k = first.kernel_size[0] * first.kernel_size[1]
         # Per extra factor: activation path B*H_out*W_out*out^2, weight path out^2*in*k*k.
         return first.in_channels * k <= batch * h_out * w_out
@@ -122,7 +122,8 @@ class ComposedConv2d(nn.Module):
 COMPOSED = (ComposedLinear, ComposedConv2d)
 
 
-def _conv_output_size(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int]:
+def conv_output_size(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int]:
+    """Output height and width of `conv` for an input of height x width."""
     if conv.padding == "same":
         return height, width
     padding = (0, 0) if conv.padding == "valid" else conv.padding
@@ -135,11 +136,13 @@ def is_composed(model: nn.Module) -> bool:
     return any(isinstance(m, COMPOSED) for m in model.modules())
 
 
-def _matches(name: str, patterns: Sequence[str] | None) -> bool:
+def matches_any(name: str, patterns: Sequence[str] | None) -> bool:
+    """Whether a module name matches any of the glob patterns."""
     return any(fnmatch(name, p) for p in patterns or ())
 
 
-def _check_patterns(arg: str, patterns) -> None:
+def check_patterns(arg: str, patterns: Sequence[str] | None) -> None:
+    """One-line ValueError unless `patterns` is None or a list of glob strings."""
     if patterns is not None and (isinstance(patterns, str) or
                                  not all(isinstance(p, str) for p in patterns)):
         raise ValueError(f"{arg} must be a list of module-name glob patterns (e.g. ['classifier*']); "
@@ -151,7 +154,8 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def _weight_read_directly(model: nn.Module) -> set[str]:
+def weight_read_directly(model: nn.Module) -> set[str]:
+    """Names of Linears whose weight a parent reads itself (MultiheadAttention, Swin): replacing them breaks it."""
     names = set()
     for name, module in model.named_modules():
         if isinstance(module, _WEIGHT_READERS) or type(module).__name__ in _WEIGHT_READER_NAMES:
@@ -172,19 +176,19 @@ def overparameterize(model: nn.Module, factors: int, *, include: Sequence[str] |
     if isinstance(factors, bool) or not isinstance(factors, int) or factors < 1:
         raise ValueError(f"factors must be an integer >= 1 (the paper's N); got {factors!r}")
     _check_mode(mode)
-    _check_patterns("include", include)
-    _check_patterns("exclude", exclude)
+    check_patterns("include", include)
+    check_patterns("exclude", exclude)
     if is_composed(model):
         raise ValueError("model is already composed; call lorita.collapse(model) first")
     model = copy.deepcopy(model)
     if factors == 1:
         return model
-    read_directly = _weight_read_directly(model)
+    read_directly = weight_read_directly(model)
     skipped, targets = [], []
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Linear, nn.Conv2d)) or isinstance(module, COMPOSED):
             continue
-        if (include is not None and not _matches(name, include)) or _matches(name, exclude):
+        if (include is not None and not matches_any(name, include)) or matches_any(name, exclude):
             continue
         if name in read_directly:
             skipped.append(f"{name} (weight read directly by its parent)")

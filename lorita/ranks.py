@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lorita._validate import lowrank_layers, require_collapsed
-from lorita.compose import _check_patterns, _matches
+from lorita.compose import check_patterns, matches_any
 from lorita.costs import LayerCost, profile
 from lorita.spectra import spectra
 
@@ -114,10 +114,10 @@ def plan_ranks(model: nn.Module, policy: str, target: float, *, example_input: t
     require_collapsed(model)
     if policy == "flops_drop" and example_input is None:
         raise ValueError("example_input is required for policy 'flops_drop' (a batch the model accepts); got None")
-    _check_patterns("exclude", exclude)
+    check_patterns("exclude", exclude)
     all_values = spectra(model)
     values = {
-        name: all_values[name].numpy() for name in lowrank_layers(model) if not _matches(name, exclude)
+        name: all_values[name].numpy() for name in lowrank_layers(model) if not matches_any(name, exclude)
     }
     if not values:  # everything excluded, or no Linear/Conv2d at all
         if policy in ("flops_drop", "params_drop"):

@@ -19,7 +19,7 @@ from torch import nn
 import lorita
 from benchmarks.models import create_model
 from benchmarks.perf import common
-from lorita.compose import COMPOSED, ComposedConv2d, ComposedLinear, _conv_output_size, set_mode
+from lorita.compose import COMPOSED, ComposedConv2d, ComposedLinear, conv_output_size, set_mode
 from lorita.forward import probe
 
 NAME = "train_step"
@@ -69,7 +69,7 @@ def layer_macs(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, int, int
     assert isinstance(module, ComposedConv2d)
     first = module.factors[0]
     batch = torch.Size(shape[:-3]).numel()
-    h_out, w_out = _conv_output_size(first, shape[-2], shape[-1])
+    h_out, w_out = conv_output_size(first, shape[-2], shape[-1])
     k = first.kernel_size[0] * first.kernel_size[1]
     positions, c_in, c_out = batch * h_out * w_out, first.in_channels, first.out_channels
     return positions * c_out * c_in * k, extra * positions * c_out**2, extra * c_out**2 * c_in * k
