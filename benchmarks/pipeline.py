@@ -176,11 +176,13 @@ def _split_epochs(total: int, steps: int) -> list[int]:
     return [total // steps + (1 if i < total % steps else 0) for i in range(steps)]
 
 
-def compress_and_finetune(cfg: RunConfig, data: Dataset, base: nn.Module, device: torch.device, log
-                          ) -> tuple[nn.Module, dict, float]:
-    """Compress to the target in `steps` rounds, fine-tuning between them within the one fine-tune budget."""
+def compress_and_finetune(cfg: RunConfig, data: Dataset, base: nn.Module, device: torch.device, log,
+                          reference: tuple[int, int]) -> tuple[nn.Module, dict, float]:
+    """Compress to the target in `steps` rounds, fine-tuning between them within the one fine-tune budget.
+
+    `reference` is the uncompressed model's (FLOPs, params): every round's drop is measured against it.
+    """
     example = torch.zeros(1, *data.in_shape, device=device)
-    reference = lorita.count_flops_params(base, example)
     folder = check_writable(finetune_dir(cfg))
     steps = methods.prune_steps(cfg)
     train_batches = _criterion_batches(cfg, data)
@@ -304,7 +306,8 @@ def _stages(cfg: RunConfig, data: Dataset, device: torch.device, run_id: str, lo
     if cfg.method == "dense":
         final, structure, acc_compressed, acc_finetuned = base, {"kind": "dense"}, acc_trained, acc_trained
     else:
-        final, structure, acc_compressed = compress_and_finetune(cfg, data, base, device, log)
+        final, structure, acc_compressed = compress_and_finetune(cfg, data, base, device, log,
+                                                                 (flops_base, params_base))
         acc_finetuned = evaluate(final, data.test_x, data.test_y, data)
     flops, params = _measure_size(final, data, device)
     metrics = {schema.ACC_TRAINED: acc_trained, schema.ACC_COMPRESSED: acc_compressed,
