@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
+from benchmarks import interrupts
 from benchmarks.config import apply_overrides, load_yaml, make_config, parse_assignment
 
 COMMANDS_GROUP = "lorita_bench.commands"
@@ -59,18 +60,37 @@ def _ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync(args: argparse.Namespace) -> int:
+    from benchmarks import outbox, tracking
+
+    result = tracking.sync()
+    if not (result.sent or result.waiting or result.refused):
+        print(f"nothing to send: the outbox {outbox.folder()} is empty")
+        return 0
+    if result.sent:
+        print(f"sent every kept record of {len(result.sent)} run{'s' * (len(result.sent) != 1)}: "
+              f"{', '.join(result.sent)}")
+    for line in result.refused:
+        print(f"lorita-bench: refused by the tracking server: {line}", file=sys.stderr)
+    if result.waiting:
+        print(f"lorita-bench: {len(result.waiting)} run(s) still waiting in {outbox.folder()}: the tracking server "
+              "does not answer; run lorita-bench sync again when it does", file=sys.stderr)
+    return 1 if result.waiting or result.refused else 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from benchmarks.reproduce import reproduce
 
     only = [b.strip() for b in args.blocks.split(",") if b.strip()] if args.blocks else None
     return reproduce(preset=args.preset, data_root=args.data_root, only=only, jobs=args.jobs,
-                     plan_only=args.plan_only)
+                     plan_only=args.plan_only, executor=args.executor, address=args.address)
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from benchmarks.sweep import run_sweep
 
-    return run_sweep(args.config, jobs=args.jobs, executor=args.executor)
+    return run_sweep(args.config, jobs=args.jobs, executor=args.executor, address=args.address,
+                     local_cpus=args.local_cpus, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -91,7 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a grid of benchmarks from a YAML sweep file (skips finished runs)")
     sweep.add_argument("config", help="sweep YAML (see benchmarks/configs/demo.yaml)")
     sweep.add_argument("--jobs", type=int, default=1, help="runs in parallel processes on this machine (default 1)")
-    sweep.add_argument("--executor", default="local", help="local (default)")
+    sweep.add_argument("--executor", default="local", choices=("local", "ray"),
+                       help="local: processes on this machine (default); ray: each run a Ray task, on a local "
+                            "instance or a cluster (needs the ray extra: pip install -e '.[ray]')")
+    sweep.add_argument("--address", help="with --executor ray: join the Ray cluster at this address (default: "
+                                         "RAY_ADDRESS when set, else start a local instance and stop it after)")
+    sweep.add_argument("--local-cpus", type=int, metavar="N",
+                       help="with --executor ray and no address: CPUs of the local instance (default all)")
+    sweep.add_argument("--cpus-per-run", type=int, metavar="N",
+                       help="with --executor ray: CPUs (and threads) each run asks for (default 1)")
+    sweep.add_argument("--gpus-per-run", type=float, metavar="G",
+                       help="with --executor ray: GPUs each run asks for, a fraction shares one (default 1 when the "
+                            "cluster has GPUs, else 0; runs with device: cpu take none)")
     sweep.set_defaults(handler=_sweep)
     rep = sub.add_parser("reproduce", help="the paper's grid (benchmarks/configs/paper/): plan, then run")
     rep.add_argument("--preset", default="paper", help="paper (full budgets) or short (epochs cut 20x)")
@@ -99,8 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--blocks", help="comma-separated blocks (default all: see benchmarks/configs/paper/)")
     rep.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
     rep.add_argument("--plan-only", action="store_true", help="print the plan and estimate, train nothing")
+    rep.add_argument("--executor", default="local", choices=("local", "ray"),
+                     help="local (default) or ray: each run a Ray task, one GPU each when there are GPUs")
+    rep.add_argument("--address", help="with --executor ray: the Ray cluster to join (default: RAY_ADDRESS, else "
+                                       "a local instance)")
     rep.set_defaults(handler=_reproduce)
     sub.add_parser("methods", help="list the registered methods").set_defaults(handler=_methods)
+    sub.add_parser("sync", help="send the records kept while the tracking server was unreachable",
+                   description="Runs keep what they measure in the outbox (.cache/lorita-bench/outbox, or "
+                               "$LORITA_BENCH_OUTBOX) while the tracking server is away; this sends it."
+                   ).set_defaults(handler=_sync)
     ui = sub.add_parser("ui", help="serve the MLflow UI for the current tracking store")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=5000)
@@ -144,12 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lorita-bench` console script."""
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        # Ctrl-C during training finishes the batch and saves a checkpoint there before stopping.
+        with interrupts.installed():
+            return args.handler(args)
     except (ValueError, OSError) as err:  # ConfigError and DataError are ValueErrors: one line, no traceback
         print(f"lorita-bench: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("lorita-bench: interrupted", file=sys.stderr)
+        print("lorita-bench: interrupted: run the same command again to resume", file=sys.stderr)
         return 130
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from benchmarks.files import write_atomic
+from benchmarks import checkpoints
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder:<path>")
 
@@ -159,8 +159,13 @@ def batches(
     shuffle: bool,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    skip: int = 0,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield normalized float32 batches on x's device; all randomness comes from the CPU `generator`."""
+    """Yield normalized float32 batches on x's device; all randomness comes from the CPU `generator`.
+
+    The first `skip` batches are not built but draw the same random numbers, so a run resumed mid-epoch sees
+    exactly the batches an uninterrupted one would.
+    """
     if batch_size < 1:
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     n = x.shape[0]
@@ -168,10 +173,14 @@ def batches(
         order = torch.randperm(n, generator=generator).to(x.device)
     else:
         order = torch.arange(n, device=x.device)
-    for start in range(0, n, batch_size):
+    for i, start in enumerate(range(0, n, batch_size)):
         idx = order[start : start + batch_size]
         if drop_last and idx.numel() < batch_size:
             break
+        if i < skip:
+            if augment:
+                _crop_draws(idx.numel(), generator)
+            continue
         # index_select is ~30x faster than advanced indexing for a batch of rows on the CPU.
         xb = x.index_select(0, idx)
         if augment:
@@ -179,14 +188,18 @@ def batches(
         yield normalize(xb, mean, std), y.index_select(0, idx)
 
 
+def _crop_draws(b: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Row offsets, column offsets and flips of `b` crops, drawn on the CPU so the stream is device-independent."""
+    dy = torch.randint(0, 2 * PAD + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * PAD + 1, (b,), generator=generator)
+    return dy, dx, torch.rand(b, generator=generator) < 0.5
+
+
 def random_crop_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Random crop after PAD-pixel zero padding plus random horizontal flip of every image in a batch."""
     b, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (PAD, PAD, PAD, PAD))
-    # Draw on the CPU generator so the stream does not depend on the device.
-    dy = torch.randint(0, 2 * PAD + 1, (b,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * PAD + 1, (b,), generator=generator).to(x.device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    dy, dx, flip = (t.to(x.device) for t in _crop_draws(b, generator))
     # Every crop position is a view of the padded batch; picking one per image is a single gather.
     windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (b, c, 2*PAD+1, 2*PAD+1, h, w)
     crops = windows[torch.arange(b, device=x.device), :, dy, dx]
@@ -386,7 +399,7 @@ def _read_cache(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        payload = torch.load(path, weights_only=True)
+        payload = checkpoints.load(path)
         _check_payload(payload)
     except Exception as err:  # any unreadable or malformed cache is rebuilt, never trusted
         warnings.warn(f"ignoring corrupt dataset cache {path} ({type(err).__name__}); rebuilding it", stacklevel=4)
@@ -408,6 +421,6 @@ def _check_payload(payload: object) -> None:
 def _write_cache(path: Path, payload: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, lambda tmp: torch.save(payload, tmp))
+        checkpoints.save(path, payload)
     except OSError as err:
         warnings.warn(f"could not write dataset cache {path} ({err}); continuing without it", stacklevel=4)

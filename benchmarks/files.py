@@ -8,10 +8,15 @@ from pathlib import Path
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Let `write` fill a temporary sibling of `path`, then rename it over `path` (removed again on failure)."""
+    """Let `write` fill a temporary sibling of `path`, then rename it over `path` (removed again on failure).
+
+    An OSError (a full disk, a vanished directory) comes back naming `path`; the previous file stays intact.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from None
     finally:
         tmp.unlink(missing_ok=True)

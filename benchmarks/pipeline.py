@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import os
 import platform
 import shutil
@@ -20,10 +19,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import lorita
-from benchmarks import methods, schema, tracking
+from benchmarks import checkpoints, methods, schema, tracking
 from benchmarks.config import RunConfig, config_to_dict, stable_hash
 from benchmarks.data import Dataset, batches, load_dataset
-from benchmarks.files import write_atomic
 from benchmarks.measure import keep_curve, latency_ms
 from benchmarks.models import create_model
 from benchmarks.train import Phase, evaluate, train
@@ -119,14 +117,18 @@ def trained_key(cfg: RunConfig) -> str:
                         "budget": budget, "seed": cfg.seed, "mode": cfg.mode, **methods.training_family(cfg)})
 
 
-def _load_state(path: Path, model: nn.Module) -> bool:
+def _cached(folder: Path, model: nn.Module) -> dict | None:
+    """The cached training's meta, with its weights loaded into `model`; None when absent or unusable."""
+    meta_path, state_path = folder / "meta.pt", folder / "model.pt"
+    if not (meta_path.exists() and state_path.exists()):
+        return None
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return True
-    except Exception as err:  # noqa: BLE001 - a corrupt or foreign cache file means: train again
-        tqdm.write(f"cached model {path} unusable ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
-                   "training again")
-        return False
+        meta = checkpoints.load(meta_path)
+        checkpoints.load_state(state_path, model)
+    except checkpoints.UnusableFile as err:
+        tqdm.write(f"cached model unusable: {err}; training again")
+        return None
+    return meta
 
 
 @dataclass
@@ -143,12 +145,12 @@ def obtain_trained(cfg: RunConfig, data: Dataset, device: torch.device, log, log
     model = methods.build_for_training(cfg, _fresh_model(cfg, data)).to(device)
     # One process trains a given model; another asking for it waits, then reuses it.
     with FileLock(str(folder / ".lock")):
-        meta_path, state_path = folder / "meta.json", folder / "model.pt"
-        if meta_path.exists() and state_path.exists() and _load_state(state_path, model):
-            meta = json.loads(meta_path.read_text())
+        meta = _cached(folder, model)
+        if meta is not None:
             tqdm.write(f"reusing trained model {folder} (trained in {meta['train_time_s']:.1f} s)")
             log_history(meta["history"])
             return Trained(model.to(device), meta, cache_hit=True)
+        checkpoints.require_space(folder, model)
         example = torch.zeros(2, *data.in_shape, device=device)
         hook = methods.training_hook(cfg, model, example)
         history = train(model, data, _phase(cfg, data, finetune=False), seed=cfg.seed,
@@ -159,9 +161,10 @@ def obtain_trained(cfg: RunConfig, data: Dataset, device: torch.device, log, log
                 "acc_trained": evaluate(model, data.test_x, data.test_y, data),
                 "acc_at_keep": keep_curve(plain, lambda m: evaluate(m, data.test_x, data.test_y, data), exclude),
                 "spectra": {k: v.tolist() for k, v in lorita.spectra(plain).items()}}
-        write_atomic(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))
-        write_atomic(state_path, lambda tmp: torch.save(model.state_dict(), tmp))
-        (folder / "checkpoint.pt").unlink(missing_ok=True)
+        # The model before its meta: meta.pt present means the pair is complete.
+        checkpoints.save(folder / "model.pt", model.state_dict())
+        checkpoints.save(folder / "meta.pt", meta)
+        checkpoints.remove(folder / "checkpoint.pt")
         return Trained(model, meta, cache_hit=False)
 
 
@@ -184,6 +187,7 @@ def compress_and_finetune(cfg: RunConfig, data: Dataset, base: nn.Module, device
     """
     example = torch.zeros(1, *data.in_shape, device=device)
     folder = check_writable(finetune_dir(cfg))
+    checkpoints.require_space(folder, base)
     steps = methods.prune_steps(cfg)
     train_batches = _criterion_batches(cfg, data)
     model, structure, acc_compressed, done = base, {}, float("nan"), 0
@@ -272,7 +276,7 @@ def _claimed(cfg: RunConfig, device: torch.device, *, parent_run_id: str | None,
         shutil.rmtree(finetune_dir(cfg), ignore_errors=True)
     # RUNNING runs of this config whose process held no claim died (SIGKILL, power loss): close them, so the
     # store ends with one FINISHED run per config.
-    while (stale := tracking.find_run(cfg.experiment, cfg.config_hash(), (schema.STATUS_RUNNING,))) is not None:
+    for stale in tracking.stale_runs(cfg.experiment, cfg.config_hash()):
         tracking.end_run(stale, schema.STATUS_KILLED, error="its process died; replaced by a new run")
     data = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction, seed=cfg.seed,
                         device=device, cache_dir=cfg.cache_dir)

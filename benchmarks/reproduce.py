@@ -135,8 +135,11 @@ def _duration(seconds: float) -> str:
 
 
 def reproduce(*, preset: str = "paper", data_root: str | None = None, only: list[str] | None = None,
-              jobs: int = 1, plan_only: bool = False) -> int:
-    """Print the plan of every requested block (data checked first), then run them one after another."""
+              jobs: int = 1, plan_only: bool = False, executor: str = "local", address: str | None = None) -> int:
+    """Print the plan of every requested block (data checked first), then run them one after another.
+
+    `executor` and `address` are sweep's (see sweep.run_grid): executor ray runs each block's runs as Ray tasks.
+    """
     names = only or blocks()
     sweeps = [block_sweep(name, preset, data_root) for name in names]
     device = resolve_device("auto")
@@ -153,7 +156,7 @@ def reproduce(*, preset: str = "paper", data_root: str | None = None, only: list
         return 0
     worst = 0
     for sweep in sweeps:
-        code = run_grid(sweep, jobs=jobs)
+        code = run_grid(sweep, jobs=jobs, executor=executor, address=address)
         if code == 130:
             return code
         worst = max(worst, code)

@@ -23,7 +23,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from benchmarks import methods, pipeline, schema, tracking
+from benchmarks import interrupts, methods, pipeline, schema, tracking
 from benchmarks.config import TARGET_METRICS, ConfigError, RunConfig, load_yaml, make_config, stable_hash
 from benchmarks.data import check_available
 from benchmarks.pipeline import RunResult, run_name, trained_key
@@ -48,7 +48,7 @@ REQUIRED_KEYS = ("name", "models", "datasets", "methods")
 # Keys copied unchanged into every run's config.
 COMMON_KEYS = ("device", "cache_dir", "exclude", "mode")
 DATASET_KEYS = ("name", "data_root")
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")
 # Tag of the parent run: the grid it stands for, so a rerun of the same grid nests under the same parent.
 STATUS_SKIPPED = "SKIPPED"  # execute()'s status for a run found already FINISHED (another process finished it)
 
@@ -227,13 +227,13 @@ def _parent_run(sweep: Sweep, runs: list[RunConfig]) -> tuple[str, bool]:
     return run_id, False
 
 
-def _plan(sweep: Sweep, runs: list[RunConfig], finished: set[str], jobs: int, parent: tuple[str, bool]) -> str:
+def _plan(sweep: Sweep, runs: list[RunConfig], finished: set[str], how: str, parent: tuple[str, bool]) -> str:
     """What the sweep will do: runs by method, how many already finished, where results go."""
     total = Counter(cfg.method for cfg in runs)
     done = Counter(cfg.method for cfg in runs if cfg.config_hash() in finished)
     width = max(len(m) for m in total)
     lines = [f"sweep {sweep.name}: {len(runs)} runs, {sum(done.values())} already finished, "
-             f"{len(runs) - sum(done.values())} to run with {jobs} job{'s' if jobs > 1 else ''}",
+             f"{len(runs) - sum(done.values())} to run {how}",
              f"  {'method':<{width}}  runs  finished"]
     lines += [f"  {m:<{width}}  {n:>4}  {done[m]:>8}" for m, n in total.items()]
     lines += [f"results: experiment {sweep.name!r} in {tracking.tracking_uri()} "
@@ -262,6 +262,8 @@ def _run_one(cfg: RunConfig, parent_run_id: str, latency: bool) -> RunResult:
     except KeyboardInterrupt:
         _interrupted = True
         raise
+    except ConnectionError:  # the tracking server is away: every further run would fail alike, so the sweep stops
+        raise
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the sweep
         # execute() does not return the id of the run it recorded FAILED: the newest such run is it.
         result = RunResult(cfg, tracking.find_run(cfg.experiment, cfg.config_hash(), (schema.STATUS_FAILED,)),
@@ -278,6 +280,12 @@ def _run_sequential(pending: list[RunConfig], parent_run_id: str, results: list[
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    interrupts.install()
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    """Environment of a worker process: no oversubscribed thread pools, no epoch bars fighting the sweep's bar."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
 
 
 def _groups(pending: list[RunConfig]) -> list[list[RunConfig]]:
@@ -291,8 +299,7 @@ def _groups(pending: list[RunConfig]) -> list[list[RunConfig]]:
 def _run_parallel(pending: list[RunConfig], parent_run_id: str, jobs: int, results: list[RunResult],
                   bar: tqdm) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    # Workers start with these: no oversubscribed thread pools, and no epoch bars fighting the sweep's bar.
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+    env = _worker_env(threads)
     context = multiprocessing.get_context("spawn")
     with tracking.environment(env), ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
                                                  initargs=(threads,)) as pool:
@@ -339,21 +346,38 @@ def _summary(name: str, results: list[RunResult], skipped_before: int, not_run: 
     return "\n".join(lines)
 
 
-def run_sweep(path: str, *, jobs: int = 1, executor: str = "local") -> int:
+def run_sweep(path: str, *, jobs: int = 1, executor: str = "local", address: str | None = None,
+              local_cpus: int | None = None, cpus_per_run: int | None = None,
+              gpus_per_run: float | None = None) -> int:
     """Run the sweep file at `path`: 0 when every run finished or was skipped, 1 when one failed, 130 when interrupted.
 
-    A bad sweep file, executor or job count, or a missing dataset, raises a one-line ConfigError/DataError
-    before anything trains.
+    A bad sweep file, executor, job count or Ray option, or a missing dataset, raises a one-line
+    ConfigError/DataError before anything trains. The Ray options (see cluster.run_on_ray) need executor ray.
     """
-    return run_grid(load_sweep(path), jobs=jobs, executor=executor)
+    return run_grid(load_sweep(path), jobs=jobs, executor=executor, address=address, local_cpus=local_cpus,
+                    cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
 
 
-def run_grid(sweep: Sweep, *, jobs: int = 1, executor: str = "local") -> int:
+def run_grid(sweep: Sweep, *, jobs: int = 1, executor: str = "local", address: str | None = None,
+             local_cpus: int | None = None, cpus_per_run: int | None = None,
+             gpus_per_run: float | None = None) -> int:
     """Run a parsed sweep (see run_sweep for the exit codes)."""
     if executor not in EXECUTORS:
         raise ConfigError(f"sweep: executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"sweep: jobs must be an integer >= 1; got {jobs!r}")
+    ray_options = {"address": address, "local_cpus": local_cpus, "cpus_per_run": cpus_per_run,
+                   "gpus_per_run": gpus_per_run}
+    given = [name for name, value in ray_options.items() if value is not None]
+    if executor == "local" and given:
+        raise ConfigError(f"sweep: {given[0]} applies to executor ray only; got executor 'local'")
+    if executor == "ray":
+        from benchmarks import cluster  # imports ray, an optional extra, only when a sweep runs on it
+
+        if jobs != 1:
+            raise ConfigError("sweep: jobs applies to executor local only; with executor ray the cluster's free "
+                              "CPUs and GPUs set how many runs go at once (see cpus_per_run, gpus_per_run)")
+        cluster.check_options(**ray_options)
     runs = expand(sweep)
     _check_inputs(runs)
     # Created and migrated once here: MLflow's migrations race when several workers open a fresh store.
@@ -361,14 +385,18 @@ def run_grid(sweep: Sweep, *, jobs: int = 1, executor: str = "local") -> int:
     finished = set(_finished_runs(sweep.name)[f"tags.{schema.TAG_CONFIG_HASH}"].dropna())
     pending = [cfg for cfg in runs if cfg.config_hash() not in finished]
     parent = _parent_run(sweep, runs)
-    print(_plan(sweep, runs, finished, jobs, parent), flush=True)
+    how = f"as Ray tasks on {cluster.describe(address)}" if executor == "ray" else (
+        f"with {jobs} job{'s' if jobs > 1 else ''}")
+    print(_plan(sweep, runs, finished, how, parent), flush=True)
     results: list[RunResult] = []
     started = time.perf_counter()
     status, error = schema.STATUS_FAILED, "the sweep stopped on an error"
     try:
         with tqdm(total=len(runs), initial=len(runs) - len(pending), desc=f"sweep {sweep.name}", unit="run",
                   position=0, leave=True, dynamic_ncols=True) as bar:
-            if jobs == 1:
+            if executor == "ray":
+                cluster.run_on_ray(pending, parent[0], results, bar, **ray_options)
+            elif jobs == 1:
                 _run_sequential(pending, parent[0], results, bar)
             else:
                 _run_parallel(pending, parent[0], jobs, results, bar)

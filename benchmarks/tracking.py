@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -31,7 +32,13 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from benchmarks import schema
+from benchmarks import outbox, schema
+
+# MLflow retries a failed request for minutes by default, stalling training; records that still fail wait in
+# the outbox, so giving up after seconds loses nothing. (MLflow reads these at each request.)
+for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}.items():
+    os.environ.setdefault(_key, _value)
 
 # Creating a store logs every schema migration at INFO (MLflow and alembic); warnings and errors still show.
 for _noisy in ("alembic", "mlflow.store.db.utils"):
@@ -46,6 +53,10 @@ _PAGE_SIZE = 1000
 # The reachability probe of ensure_store: one try, a short timeout, instead of MLflow's minutes of retries.
 _PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
 _INFO_COLUMNS = ["run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time"]
+# A server that stopped answering is not asked again for this long; meanwhile records wait in the outbox.
+_AWAY_S = 30.0
+_away_until: dict[str, float] = {}
+_warned: set[str] = set()
 
 _T = TypeVar("_T")
 
@@ -104,6 +115,9 @@ def ensure_store(uri: str | None = None) -> None:
             MlflowClient(uri).search_experiments(max_results=1)
         except MlflowException as exc:
             raise ConnectionError(f"tracking server {uri} unreachable: {_one_line(exc)}") from None
+    # Records an earlier run kept while the server was away go first, so no finished run looks unfinished.
+    if outbox.runs():
+        sync()
 
 
 def _artifact_location(name: str) -> str | None:
@@ -163,6 +177,92 @@ def _tag_values(tags: Mapping[str, Any]) -> dict[str, str]:
     return {key: _tag_value(value) for key, value in tags.items() if value is not None}
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Whether `exc` means the server did not answer, as opposed to answering with an error."""
+    text = str(exc)
+    return isinstance(exc, OSError) or (
+        isinstance(exc, MlflowException) and text.startswith("API request to") and " failed with " in text)
+
+
+def _send(uri: str, run_id: str, record: Mapping[str, Any]) -> None:
+    """Deliver one record (see _deliver) to the store at `uri`."""
+    client = MlflowClient(uri)
+    op = record["op"]
+    if op == "metrics":
+        for chunk in _chunks([Metric(*entry) for entry in record["metrics"]], _MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=chunk)
+    elif op == "tags":
+        for chunk in _chunks([RunTag(k, v) for k, v in record["tags"].items()], _MAX_PARAMS_TAGS_PER_BATCH):
+            client.log_batch(run_id, tags=chunk)
+    elif op == "text":
+        client.log_text(run_id, record["text"], record["name"])
+    elif op == "file":
+        client.log_artifact(run_id, record["path"])
+    elif op == "end":
+        client.set_terminated(run_id, record["status"], end_time=record["end_time"])
+    else:
+        raise ValueError(f"outbox record of unknown kind {op!r}")
+
+
+def _flush(run_id: str) -> bool:
+    """Send the run's queued records in order (caller holds its outbox lock); False when the server is away."""
+    queue = outbox.records(run_id)
+    for i, record in enumerate(queue):
+        uri = record["uri"]
+        if time.monotonic() < _away_until.get(uri, 0.0):
+            return False
+        try:
+            _send(uri, run_id, record)
+        except Exception as exc:
+            if not _unreachable(exc):
+                outbox.replace(run_id, queue[i + 1 :])  # the server refused it: sending it again cannot help
+                raise
+            _away_until[uri] = time.monotonic() + _AWAY_S
+            if run_id not in _warned:
+                _warned.add(run_id)
+                print(f"tracking server {uri} unreachable ({_one_line(exc)[:160]}); run {run_id} goes on and "
+                      f"keeps its records in {outbox.folder()} until the server answers (or: lorita-bench sync)",
+                      file=sys.stderr, flush=True)
+            return False
+        outbox.replace(run_id, queue[i + 1 :])
+    return True
+
+
+def _deliver(run_id: str, record: dict[str, Any]) -> None:
+    """Record something about a run; with a tracking server, through the outbox so that nothing is lost."""
+    uri = tracking_uri()
+    if not _is_http(uri):
+        _send(uri, run_id, record)
+        return
+    if record["op"] == "file":  # the caller's file is temporary
+        record = {**record, "path": outbox.keep_file(run_id, Path(record["path"]))}
+    with outbox.locked(run_id):
+        outbox.keep(run_id, {**record, "uri": uri})
+        _flush(run_id)
+
+
+@dataclass
+class SyncResult:
+    """What `sync` did: runs whose records all arrived, runs still waiting, and records a server refused."""
+
+    sent: list[str]
+    waiting: list[str]
+    refused: list[str]
+
+
+def sync() -> SyncResult:
+    """Send every record the outbox holds to its tracking server (`lorita-bench sync`)."""
+    _away_until.clear()
+    result = SyncResult([], [], [])
+    for run_id in outbox.runs():
+        with outbox.locked(run_id):
+            try:
+                (result.sent if _flush(run_id) else result.waiting).append(run_id)
+            except Exception as exc:  # noqa: BLE001 - one refused record must not keep other runs from syncing
+                result.refused.append(f"run {run_id}: {_one_line(exc)}")
+    return result
+
+
 def start_run(
     experiment: str,
     run_name: str,
@@ -186,9 +286,7 @@ def start_run(
 
 
 def _log_metric_entries(run_id: str, entries: list[Metric]) -> None:
-    client = _client()
-    for chunk in _chunks(entries, _MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=chunk)
+    _deliver(run_id, {"op": "metrics", "metrics": [[m.key, m.value, m.timestamp, m.step] for m in entries]})
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -213,15 +311,12 @@ def log_series(run_id: str, name: str, values: Mapping[int, float]) -> None:
 
 def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
     """Set tags (booleans as "true"/"false"; None values skipped)."""
-    entries = [RunTag(key, value) for key, value in _tag_values(tags).items()]
-    client = _client()
-    for chunk in _chunks(entries, _MAX_PARAMS_TAGS_PER_BATCH):
-        client.log_batch(run_id, tags=chunk)
+    _deliver(run_id, {"op": "tags", "tags": _tag_values(tags)})
 
 
 def log_text(run_id: str, name: str, text: str) -> None:
     """Store `text` as the artifact `name` (e.g. config.yaml)."""
-    _client().log_text(run_id, text, name)
+    _deliver(run_id, {"op": "text", "name": name, "text": text})
 
 
 def log_json(run_id: str, name: str, obj: Any) -> None:
@@ -249,7 +344,7 @@ def log_state(run_id: str, state_dict: Mapping[str, Any], structure: Mapping[str
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / schema.ARTIFACT_MODEL
         torch.save(state_dict, path)  # as given: a module's state dict carries _metadata (layer versions)
-        _client().log_artifact(run_id, str(path))
+        _deliver(run_id, {"op": "file", "path": str(path)})
     log_json(run_id, schema.ARTIFACT_STRUCTURE, structure)
 
 
@@ -266,7 +361,7 @@ def end_run(run_id: str, status: str = schema.STATUS_FINISHED, error: str | None
     """Terminate the run with `status`; a FAILED run (or any given `error`) gets the error tag."""
     if error is not None or status == schema.STATUS_FAILED:
         set_tags(run_id, {schema.TAG_ERROR: error or "unknown error"})
-    _client().set_terminated(run_id, status)
+    _deliver(run_id, {"op": "end", "status": status, "end_time": int(time.time() * 1000)})
 
 
 def find_run(
@@ -289,6 +384,17 @@ def find_run(
         )
     ]
     return max(newest, key=lambda run: run.info.start_time).info.run_id if newest else None
+
+
+def stale_runs(experiment: str, config_hash: str) -> list[str]:
+    """RUNNING runs of this config with nothing waiting in the outbox: their process died without ending them."""
+    client = _client()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = f"tags.{schema.TAG_CONFIG_HASH} = '{config_hash}' AND attributes.status = '{schema.STATUS_RUNNING}'"
+    runs = _all_pages(lambda t: client.search_runs([found.experiment_id], query, page_token=t))
+    return [run.info.run_id for run in runs if not outbox.pending(run.info.run_id)]
 
 
 def _all_pages(search: Callable[[str | None], Any]) -> list:

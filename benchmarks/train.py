@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from benchmarks import checkpoints, interrupts
+from benchmarks.checkpoints import UnusableFile
 from benchmarks.data import Dataset, batches
-from benchmarks.files import write_atomic
 
 MetricLogger = Callable[[dict[str, float], int], None]
 
@@ -77,14 +78,33 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Dataset, 
     return correct / len(y)
 
 
-def _load_checkpoint(path: Path | None) -> dict | None:
-    if path is None or not path.exists():
+# What a training checkpoint holds; `batch` > 0 marks one saved mid-epoch (after a Ctrl-C).
+CHECKPOINT_KEYS = frozenset({"model", "optimizer", "scheduler", "order", "torch_rng", "history", "epoch", "batch",
+                             "sums", "elapsed"})
+
+
+def _resume(checkpoint: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict | None:
+    """The checkpoint's state, loaded into model, optimizer and scheduler; None (start afresh) if absent or unusable."""
+    if checkpoint is None or not checkpoint.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a corrupt checkpoint means: start the phase again
-        tqdm.write(f"checkpoint {path} unreadable ({type(err).__name__}); starting this phase again")
+        state = checkpoints.load(checkpoint)
+        if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
+            raise UnusableFile(f"{checkpoint} is not a training checkpoint of this version")
+        checkpoints.check_state(model, state["model"], checkpoint)
+        saved = [len(group["params"]) for group in state["optimizer"]["param_groups"]]
+        if saved != [len(group["params"]) for group in optimizer.param_groups]:
+            raise UnusableFile(f"{checkpoint} was written for another optimizer setup")
+    except UnusableFile as err:
+        tqdm.write(f"checkpoint unusable: {err}; starting this phase again")
         return None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if torch.cuda.is_available() and len(state.get("cuda_rng", [])) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])  # dropout on a GPU draws from these
+    return state
 
 
 def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoint: Path | None = None,
@@ -92,67 +112,89 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
           desc: str = "train") -> list[dict[str, float]]:
     """Train `model` in place for the phase; returns per-epoch metrics (and `epoch_time_s`, the optimization time).
 
-    Resumes from `checkpoint` if present.
+    Saves `checkpoint` after every epoch and resumes from it. After a Ctrl-C (with `benchmarks.interrupts`
+    installed) the current batch finishes, the checkpoint is saved there and KeyboardInterrupt is raised; the
+    resumed run then ends with exactly the numbers of an uninterrupted one.
     """
     optimizer = make_optimizer(model, phase)
     scheduler = make_scheduler(optimizer, phase)
     criterion = nn.CrossEntropyLoss(label_smoothing=phase.label_smoothing)
     order = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
-    start = 0
-    state = _load_checkpoint(checkpoint)
+    start, done, sums, elapsed = 0, 0, (0.0, 0, 0), 0.0
+    state = _resume(checkpoint, model, optimizer, scheduler)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         order.set_state(state["order"])
-        torch.set_rng_state(state["torch_rng"])
-        history, start = state["history"], state["epoch"]
-        tqdm.write(f"resuming from epoch {start}")
+        history, start, done, sums, elapsed = (state["history"], state["epoch"], state["batch"],
+                                               tuple(state["sums"]), state["elapsed"])
+        tqdm.write(f"resuming from epoch {start}" + (f", batch {done} of epoch {start + 1}" if done else ""))
+        if log is not None:  # a new tracking run must show the epochs done before the interruption too
+            for epoch, metrics in enumerate(history, 1):
+                log({k: v for k, v in metrics.items() if k != "epoch_time_s"}, epoch)
+
+    def save(epoch: int, batch: int, epoch_order: torch.Tensor, sums: tuple, elapsed: float) -> None:
+        checkpoints.save(checkpoint, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "order": epoch_order, "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch,
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "batch": batch, "sums": list(sums), "elapsed": elapsed})
+
     pre = phase.prefix
+    steps = math.ceil(len(data.train_y) / phase.batch_size)
     epochs = tqdm(range(start, phase.epochs), desc=desc, initial=start, total=phase.epochs, unit="epoch",
                   leave=False, dynamic_ncols=True)
-    for epoch in epochs:
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        steps = math.ceil(len(data.train_y) / phase.batch_size)
-        started = time.perf_counter()
-        batch_bar = tqdm(batches(data.train_x, data.train_y, phase.batch_size, mean=data.mean, std=data.std,
-                                 augment=phase.augment, shuffle=True, generator=order),
-                         total=steps, desc=f"epoch {epoch + 1}", leave=False, unit="batch", dynamic_ncols=True,
-                         disable=None)
-        for inputs, labels in batch_bar:
-            out = model(inputs)
-            loss = criterion(out, labels)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLoss(f"loss is {value} at epoch {epoch + 1} ({desc})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if after_backward is not None:
-                after_backward()
-            optimizer.step()
-            loss_sum += value * len(labels)
-            correct += (out.argmax(1) == labels).sum().item()
-            seen += len(labels)
-        # Optimization only: evaluation and logging are the same for every method and would blur the ratio.
-        epoch_time = time.perf_counter() - started
-        metrics = {f"{pre}train_loss": loss_sum / seen, f"{pre}train_acc": correct / seen,
-                   f"{pre}lr": optimizer.param_groups[0]["lr"],
-                   f"{pre}test_acc": evaluate(model, data.test_x, data.test_y, data)}
-        if len(data.val_y):
-            metrics[f"{pre}val_acc"] = evaluate(model, data.val_x, data.val_y, data)
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(metrics[f"{pre}train_acc"])
-        else:
-            scheduler.step()
-        history.append({**metrics, "epoch_time_s": epoch_time})
-        if log is not None:
-            log(metrics, epoch + 1)
-        epochs.set_postfix(loss=f"{metrics[f'{pre}train_loss']:.3f}", acc=f"{metrics[f'{pre}test_acc']:.3f}")
-        if checkpoint is not None:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "order": order.get_state(),
-                          "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1}
-            write_atomic(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
+    with interrupts.deferred():
+        for epoch in epochs:
+            model.train()
+            # A mid-epoch resume replays this epoch's shuffle from the generator state it started with.
+            epoch_order = order.get_state()
+            loss_sum, correct, seen = sums
+            started = time.perf_counter() - elapsed
+            batch_bar = tqdm(batches(data.train_x, data.train_y, phase.batch_size, mean=data.mean, std=data.std,
+                                     augment=phase.augment, shuffle=True, generator=order, skip=done),
+                             total=steps, initial=done, desc=f"epoch {epoch + 1}", leave=False, unit="batch",
+                             dynamic_ncols=True, disable=None)
+            for batch, (inputs, labels) in enumerate(batch_bar, done + 1):
+                out = model(inputs)
+                loss = criterion(out, labels)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(f"loss is {value} at epoch {epoch + 1} ({desc})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if after_backward is not None:
+                    after_backward()
+                optimizer.step()
+                loss_sum += value * len(labels)
+                correct += (out.argmax(1) == labels).sum().item()
+                seen += len(labels)
+                if interrupts.requested():
+                    where = f"epoch {epoch + 1}, batch {batch}"
+                    if checkpoint is not None:
+                        save(epoch, batch, epoch_order, (loss_sum, correct, seen), time.perf_counter() - started)
+                        where += f" (checkpoint {checkpoint})"
+                    tqdm.write(f"interrupted after {where}")
+                    raise KeyboardInterrupt
+            done, sums, elapsed = 0, (0.0, 0, 0), 0.0
+            # Optimization only: evaluation and logging are the same for every method and would blur the ratio.
+            epoch_time = time.perf_counter() - started
+            metrics = {f"{pre}train_loss": loss_sum / seen, f"{pre}train_acc": correct / seen,
+                       f"{pre}lr": optimizer.param_groups[0]["lr"],
+                       f"{pre}test_acc": evaluate(model, data.test_x, data.test_y, data)}
+            if len(data.val_y):
+                metrics[f"{pre}val_acc"] = evaluate(model, data.val_x, data.val_y, data)
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(metrics[f"{pre}train_acc"])
+            else:
+                scheduler.step()
+            history.append({**metrics, "epoch_time_s": epoch_time})
+            if log is not None:
+                log(metrics, epoch + 1)
+            epochs.set_postfix(loss=f"{metrics[f'{pre}train_loss']:.3f}", acc=f"{metrics[f'{pre}test_acc']:.3f}")
+            if checkpoint is not None:
+                save(epoch + 1, 0, order.get_state(), sums, 0.0)
+            if interrupts.requested():  # it came during evaluation: the epoch's checkpoint is the resume point
+                where = f"epoch {epoch + 1}" + (f" (checkpoint {checkpoint})" if checkpoint is not None else "")
+                tqdm.write(f"interrupted after {where}")
+                raise KeyboardInterrupt
     return history

@@ -97,8 +97,8 @@ def test_missing_targets_and_name_are_named():
 
 def test_bad_executor_jobs_or_dataset_fail_before_anything_runs(store):
     path = _write(store, "early")
-    with pytest.raises(ConfigError, match="executor must be one of local; got 'ray'"):
-        run_sweep(path, executor="ray")
+    with pytest.raises(ConfigError, match="executor must be one of local, ray; got 'slurm'"):
+        run_sweep(path, executor="slurm")
     with pytest.raises(ConfigError, match="jobs must be an integer >= 1"):
         run_sweep(path, jobs=0)
     missing = _write(store, "early", datasets=[{"name": "imagefolder:absent", "data_root": str(store)}])
