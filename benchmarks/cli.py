@@ -11,6 +11,8 @@ from benchmarks import interrupts
 from benchmarks.config import apply_overrides, load_yaml, make_config, parse_assignment
 
 COMMANDS_GROUP = "lorita_bench.commands"
+# Commands that checkpoint what they train, so that running them again continues.
+RESUMABLE_COMMANDS = ("run", "sweep", "reproduce")
 # Flags that set a config key directly (flag dest -> dotted config key).
 FLAG_KEYS = {
     "experiment": "experiment", "model": "model", "dataset": "dataset", "data_root": "data_root",
@@ -190,7 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lorita-bench: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("lorita-bench: interrupted: run the same command again to resume", file=sys.stderr)
+        resumable = args.command in RESUMABLE_COMMANDS
+        print("lorita-bench: interrupted" + (": run the same command again to resume" if resumable else ""),
+              file=sys.stderr)
         return 130
 
 

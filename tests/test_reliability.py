@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import checkpoints, interrupts, outbox, schema, tracking
+from benchmarks import checkpoints, interrupts, outbox, pipeline, schema, tracking
 from benchmarks.checkpoints import UnusableFile
 from benchmarks.cli import main
 from benchmarks.config import make_config
@@ -388,3 +388,17 @@ def test_two_concurrent_sweeps_never_run_a_run_twice(store):
     assert set(runs["status"]) == {schema.STATUS_FINISHED}
     finished_by = [int(re.search(r"sweep concurrent: (\d+) finished", out).group(1)) for out in outputs]
     assert sum(finished_by) == len(expected), outputs
+
+
+def test_a_sweep_stops_at_once_when_the_tracking_server_goes_away(store, monkeypatch, capsys):
+    path = _sweep_file(store, "server-gone", methods=["dense"])
+    calls = []
+
+    def unreachable(cfg, **_):  # what execute raises when its probe of the tracking server fails
+        calls.append(cfg)
+        raise ConnectionError("tracking server http://127.0.0.1:9 unreachable: connection refused")
+
+    monkeypatch.setattr(pipeline, "execute", unreachable)
+    assert main(["sweep", str(path)]) == 2
+    assert len(calls) == 1  # the second run is not tried: it would fail the same way
+    assert "lorita-bench: error: tracking server http://127.0.0.1:9 unreachable" in capsys.readouterr().err
