@@ -181,6 +181,13 @@ def _summary(result) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
+def _message(err: Exception) -> str:
+    # An OSError prints as "[Errno 28] ..."; its own words and the file it names read better.
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror + (f": {err.filename}" if err.filename else "")
+    return str(err)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lorita-bench` console script."""
     args = build_parser().parse_args(argv)
@@ -189,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with interrupts.installed():
             return args.handler(args)
     except (ValueError, OSError) as err:  # ConfigError and DataError are ValueErrors: one line, no traceback
-        print(f"lorita-bench: error: {err}", file=sys.stderr)
+        print(f"lorita-bench: error: {_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         resumable = args.command in RESUMABLE_COMMANDS

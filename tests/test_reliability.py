@@ -234,7 +234,7 @@ def test_unwritable_output_directory_is_named_before_anything_runs(store, tmp_pa
     assert tracking.search_runs("unwritable").empty
 
 
-def test_full_disk_is_named_before_training(store, tmp_path, monkeypatch):
+def test_full_disk_is_named_before_training(store, tmp_path, monkeypatch, capsys):
     small = tmp_path / "small"
     with _tmpfs(small, "size=2m") as mounted:
         if not mounted:  # no tiny filesystem here: report a nearly full disk instead
@@ -244,6 +244,11 @@ def test_full_disk_is_named_before_training(store, tmp_path, monkeypatch):
         with pytest.raises(OSError, match=f"output directory {small}/trained/.* MiB free; this run's checkpoints "
                                           "need about .* MiB"):
             execute(cfg)
+        # The same through the command line: one line, in its own words (no "[Errno 28]").
+        assert main(["run", "--method", "dense", "--model", "fcn", "--set", "model_kwargs={layers: 2, width: 1024}",
+                     "--experiment", "full", "--cache-dir", str(small), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"lorita-bench: error: output directory {small}/trained/") and "Errno" not in err
     run = tracking.search_runs("full").iloc[0]
     assert run["status"] == schema.STATUS_FAILED and "MiB free" in run[f"tags.{schema.TAG_ERROR}"]
     assert f"metrics.{schema.TRAIN_LOSS}" not in run.index  # not one epoch trained
