@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+import lorita
 from benchmarks import checkpoints, interrupts, outbox, pipeline, schema, tracking
 from benchmarks.checkpoints import UnusableFile
 from benchmarks.cli import main
@@ -56,13 +57,26 @@ def digits():
     return load_dataset("digits", seed=0)
 
 
+def _lorita_cnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return lorita.overparameterize(create_model("cnn", 10, (1, 8, 8), channels=[8]), 2)
+
+
+# A plain FCN, and a LoRITa-composed CNN with BatchNorm (running statistics are state too).
+MODELS = {"fcn": _fcn, "lorita-cnn": _lorita_cnn}
+
+
 @pytest.fixture(scope="module")
 def reference(digits):
     model = _fcn()
     return model, train(model, digits, PHASE, seed=0)
 
 
-def test_ctrl_c_finishes_the_batch_and_the_resume_ends_with_identical_numbers(digits, reference, tmp_path, capsys):
+@pytest.mark.parametrize("build", list(MODELS))
+def test_ctrl_c_finishes_the_batch_and_the_resume_ends_with_identical_numbers(digits, build, tmp_path, capsys):
+    build = MODELS[build]
+    ref_model = build()
+    ref_history = train(ref_model, digits, PHASE, seed=0)
     steps_per_epoch = math.ceil(len(digits.train_y) / PHASE.batch_size)
     at = steps_per_epoch + 7  # the 7th batch of epoch 2
     calls = []
@@ -74,16 +88,15 @@ def test_ctrl_c_finishes_the_batch_and_the_resume_ends_with_identical_numbers(di
 
     checkpoint = tmp_path / "checkpoint.pt"
     with interrupts.installed(), pytest.raises(KeyboardInterrupt):
-        train(_fcn(), digits, PHASE, seed=0, checkpoint=checkpoint, after_backward=ctrl_c)
+        train(build(), digits, PHASE, seed=0, checkpoint=checkpoint, after_backward=ctrl_c)
     assert len(calls) == at  # the batch that was running finished, no further batch started
     saved = checkpoints.load(checkpoint)
     assert (saved["epoch"], saved["batch"]) == (1, 7)
     assert "interrupted after epoch 2, batch 7" in capsys.readouterr().out
 
-    model = _fcn(width=32)
+    model = build()
     history = train(model, digits, PHASE, seed=0, checkpoint=checkpoint)
     assert "resuming from epoch 1, batch 7 of epoch 2" in capsys.readouterr().out
-    ref_model, ref_history = reference
     assert _without_times(history) == _without_times(ref_history)
     _assert_same_weights(model, ref_model)
 
