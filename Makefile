@@ -33,11 +33,13 @@ demo: install
 	@echo "browse runs:    make ui   (MLflow UI on http://127.0.0.1:5000)"
 
 # The paper's grid: PRESET=paper (full budgets; a GPU job) or short (epochs cut 20x); DATA_ROOT=folder
-# holding the datasets; BLOCKS=mnist_fcn,... for a subset.
+# holding the datasets; BLOCKS=mnist_fcn,... for a subset; EXECUTOR=ray runs the runs as Ray tasks (one
+# GPU each where there are GPUs; ADDRESS=head:6379 joins a cluster) instead of JOBS local processes.
 PRESET  ?= paper
 reproduce: install
 	$(BIN)/lorita-bench reproduce --preset $(PRESET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-		$(if $(BLOCKS),--blocks $(BLOCKS)) --jobs $(JOBS)
+		$(if $(BLOCKS),--blocks $(BLOCKS)) \
+		$(if $(filter ray,$(EXECUTOR)),--executor ray $(if $(ADDRESS),--address $(ADDRESS)),--jobs $(JOBS))
 
 # Figures and tables again from the tracking store, no retraining (EXPERIMENT=name for one experiment).
 report: install

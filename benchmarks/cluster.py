@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from benchmarks import schema, tracking
+from benchmarks import outbox, schema, tracking
 from benchmarks.config import ConfigError, RunConfig
 from benchmarks.pipeline import RunResult, run_name
 from benchmarks.sweep import _groups, _init_worker, _one_line, _run_one, _worker_env
@@ -88,7 +88,9 @@ def _absolute_uri(uri: str) -> str:
 def _env(threads: int) -> dict[str, str]:
     """Environment of every worker: the driver's tracking store, MLflow and project settings; threads to match."""
     settings = {key: value for key, value in os.environ.items() if key.startswith(("MLFLOW_", "LORITA_BENCH_"))}
-    return {**settings, "MLFLOW_TRACKING_URI": _absolute_uri(tracking.tracking_uri()), **_worker_env(threads)}
+    # The outbox resolved on the driver, like the cache: a worker on another node has another working directory.
+    return {**settings, "MLFLOW_TRACKING_URI": _absolute_uri(tracking.tracking_uri()),
+            outbox.OUTBOX_ENV: str(outbox.folder()), **_worker_env(threads)}
 
 
 def _absolute_paths(cfg: RunConfig) -> RunConfig:

@@ -151,7 +151,8 @@ def reproduce(*, preset: str = "paper", data_root: str | None = None, only: list
         print(f"  {name}: {est.runs} runs, {est.trainings} trainings, about {_duration(est.seconds)} "
               f"of training (measured step time x steps; evaluation and bookkeeping add seconds per run) "
               f"-> experiment {sweep.name}")
-    print(f"  total: about {_duration(total)} with --jobs 1")
+    print(f"  total: about {_duration(total)} of training, one run at a time on this {device.type}"
+          + ("" if jobs == 1 and executor == "local" else " (parallel runs divide it)"))
     if plan_only:
         return 0
     worst = 0

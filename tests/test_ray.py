@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import cli, schema, tracking
+from benchmarks import cli, outbox, schema, tracking
+from benchmarks.cluster import _env as worker_env
 from benchmarks.config import ConfigError
 from benchmarks.sweep import expand, load_sweep, run_sweep
 
@@ -213,3 +214,13 @@ def test_joined_cluster_skips_finished_closes_dead_runs_and_records_failures(loc
     assert run_sweep(fcn_only, executor="ray", address=address) == 0
     out = capsys.readouterr().out
     assert "sweep ray: 0 finished, 5 skipped (already finished), 0 failed" in out and "ray: the Ray" not in out
+
+
+def test_workers_are_given_absolute_store_and_outbox_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///relative.db")
+    monkeypatch.delenv(outbox.OUTBOX_ENV, raising=False)
+    env = worker_env(2)
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'relative.db'}"
+    assert env[outbox.OUTBOX_ENV] == str(tmp_path / ".cache" / "lorita-bench" / "outbox")
+    assert env["OMP_NUM_THREADS"] == "2"
