@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from benchmarks import interrupts
-from benchmarks.config import apply_overrides, load_yaml, make_config, parse_assignment
+from benchmarks.config import EXECUTORS, apply_overrides, load_yaml, make_config, parse_assignment
 
 COMMANDS_GROUP = "lorita_bench.commands"
 # Commands that checkpoint what they train, so that running them again continues.
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a grid of benchmarks from a YAML sweep file (skips finished runs)")
     sweep.add_argument("config", help="sweep YAML (see benchmarks/configs/demo.yaml)")
     sweep.add_argument("--jobs", type=int, default=1, help="runs in parallel processes on this machine (default 1)")
-    sweep.add_argument("--executor", default="local", choices=("local", "ray"),
+    sweep.add_argument("--executor", default="local", choices=EXECUTORS,
                        help="local: processes on this machine (default); ray: each run a Ray task, on a local "
                             "instance or a cluster (needs the ray extra: pip install -e '.[ray]')")
     sweep.add_argument("--address", help="with --executor ray: join the Ray cluster at this address (default: "
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--blocks", help="comma-separated blocks (default all: see benchmarks/configs/paper/)")
     rep.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
     rep.add_argument("--plan-only", action="store_true", help="print the plan and estimate, train nothing")
-    rep.add_argument("--executor", default="local", choices=("local", "ray"),
+    rep.add_argument("--executor", default="local", choices=EXECUTORS,
                      help="local (default) or ray: each run a Ray task, one GPU each when there are GPUs")
     rep.add_argument("--address", help="with --executor ray: the Ray cluster to join (default: RAY_ADDRESS, else "
                                        "a local instance)")

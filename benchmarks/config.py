@@ -49,6 +49,8 @@ SCHEDULES = ("plateau", "cosine", "step", "constant")
 AUGMENTS = ("auto", "none", "crop_flip")
 TARGET_METRICS = ("flops_drop", "params_drop")
 MODES = ("auto", "activation", "weight")
+# Where a sweep's runs execute: processes on this machine, or Ray tasks (the ray extra).
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from benchmarks import interrupts, methods, pipeline, schema, tracking
-from benchmarks.config import TARGET_METRICS, ConfigError, RunConfig, load_yaml, make_config, stable_hash
+from benchmarks.config import EXECUTORS, TARGET_METRICS, ConfigError, RunConfig, load_yaml, make_config, stable_hash
 from benchmarks.data import check_available
 from benchmarks.pipeline import RunResult, run_name, trained_key
 
@@ -48,7 +48,6 @@ REQUIRED_KEYS = ("name", "models", "datasets", "methods")
 # Keys copied unchanged into every run's config.
 COMMON_KEYS = ("device", "cache_dir", "exclude", "mode")
 DATASET_KEYS = ("name", "data_root")
-EXECUTORS = ("local", "ray")
 # Tag of the parent run: the grid it stands for, so a rerun of the same grid nests under the same parent.
 STATUS_SKIPPED = "SKIPPED"  # execute()'s status for a run found already FINISHED (another process finished it)
 

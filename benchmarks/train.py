@@ -139,6 +139,10 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "batch": batch, "sums": list(sums), "elapsed": elapsed})
 
+    def stop(where: str) -> None:
+        tqdm.write(f"interrupted after {where}" + (f" (checkpoint {checkpoint})" if checkpoint is not None else ""))
+        raise KeyboardInterrupt
+
     pre = phase.prefix
     steps = math.ceil(len(data.train_y) / phase.batch_size)
     epochs = tqdm(range(start, phase.epochs), desc=desc, initial=start, total=phase.epochs, unit="epoch",
@@ -169,12 +173,9 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
                 correct += (out.argmax(1) == labels).sum().item()
                 seen += len(labels)
                 if interrupts.requested():
-                    where = f"epoch {epoch + 1}, batch {batch}"
                     if checkpoint is not None:
                         save(epoch, batch, epoch_order, (loss_sum, correct, seen), time.perf_counter() - started)
-                        where += f" (checkpoint {checkpoint})"
-                    tqdm.write(f"interrupted after {where}")
-                    raise KeyboardInterrupt
+                    stop(f"epoch {epoch + 1}, batch {batch}")
             done, sums, elapsed = 0, (0.0, 0, 0), 0.0
             # Optimization only: evaluation and logging are the same for every method and would blur the ratio.
             epoch_time = time.perf_counter() - started
@@ -194,7 +195,5 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
             if checkpoint is not None:
                 save(epoch + 1, 0, order.get_state(), sums, 0.0)
             if interrupts.requested():  # it came during evaluation: the epoch's checkpoint is the resume point
-                where = f"epoch {epoch + 1}" + (f" (checkpoint {checkpoint})" if checkpoint is not None else "")
-                tqdm.write(f"interrupted after {where}")
-                raise KeyboardInterrupt
+                stop(f"epoch {epoch + 1}")
     return history
