@@ -152,6 +152,10 @@ class BudgetError(ValueError):
     """The target cannot be met (the message says what can)."""
 
 
+class UnreachableTarget(BudgetError):
+    """Even removing every removable unit falls short of the target (the message states the largest drop)."""
+
+
 def choose(groups: list[GroupUnits], cost: CostModel, metric: str, target: float, base: int, *,
            scope: str, tolerances: tuple[float, ...] = (0.005, 0.0099)) -> dict[int, int]:
     """How many units of each group to remove so the predicted drop (vs `base`) is within tolerance of target.
@@ -190,7 +194,7 @@ def choose(groups: list[GroupUnits], cost: CostModel, metric: str, target: float
     if drops[0] >= target - tolerances[0]:
         return {}
     if drops[-1] < target - tolerances[-1]:
-        raise BudgetError(f"the largest reachable drop is {drops[-1]:.3f}")
+        raise UnreachableTarget(f"the largest reachable drop is {drops[-1]:.3f}")
     for tol in tolerances:
         low, high = target - tol, target + tol
         inside = np.flatnonzero((drops >= low) & (drops <= high))

@@ -10,7 +10,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from baselines.importance import make_importance, pruner_class
+from baselines import tp_private
 from baselines.registry import get_method
 from baselines.structure import (
     LayerTracker,
@@ -21,6 +21,7 @@ from baselines.structure import (
     resolve_patterns,
     zero_pad_ignored,
 )
+from lorita.forward import evaluating
 
 
 @dataclass
@@ -41,9 +42,9 @@ class Setup:
         pruner = self.pruner
         for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                               root_module_types=pruner.root_module_types):
-            is_attention, qkv = pruner._is_atten_group(group)
+            is_attention, qkv = tp_private.attention_qkv(pruner, group)
             if is_attention:
-                group = pruner._downstream_node_as_root_if_attention(group)
+                group = tp_private.reroot_attention_group(pruner, group)
                 if group is None:
                     continue
             yield group, (qkv[0] if is_attention else None)
@@ -65,27 +66,22 @@ def build(model: nn.Module, method: str, example_input: torch.Tensor, *, ignored
     extra = resolve_patterns(model, ignored_layers)
     attentions = attention_modules(model)
     options: dict = {
-        "importance": make_importance(method, seed),
+        "importance": spec.importance(seed),
         "num_heads": {attn.qkv: attn.num_heads for attn in attentions},
         "prune_num_heads": prune_heads,
         "prune_head_dims": not prune_heads,
     }
     if spec.regularized_training:
         options["reg"] = spec.default_reg if reg is None else reg
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings(), LayerTracker(model) as tracker:
-            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            try:
-                classifier = classifier_name(model, example_input)
-                ignored = [model.get_submodule(classifier), *extra, *zero_pad_ignored(model)]
-                pruner = pruner_class(method)(model, example_input, ignored_layers=ignored, **options)
-            except Exception as err:  # noqa: BLE001 - re-raised with the layer's name
-                raise PruningError(f"torch-pruning cannot trace {type(model).__name__}: it fails in layer "
-                                   f"{tracker.culprit()}: {type(err).__name__}: {err}") from err
-    finally:
-        model.train(was_training)
+    with evaluating(model), warnings.catch_warnings(), LayerTracker(model) as tracker:
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        try:
+            classifier = classifier_name(model, example_input)
+            ignored = [model.get_submodule(classifier), *extra, *zero_pad_ignored(model)]
+            pruner = spec.pruner(model, example_input, ignored_layers=ignored, **options)
+        except Exception as err:  # noqa: BLE001 - re-raised with the layer's name
+            raise PruningError(f"torch-pruning cannot trace {type(model).__name__}: it fails in layer "
+                               f"{tracker.culprit()}: {type(err).__name__}: {err}") from err
     setup = Setup(pruner, classifier, attentions)
     if attentions:
         setup.ignore(residual_stream(pruner.DG, attentions))

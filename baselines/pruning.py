@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from baselines import budget
+from baselines import budget, tp_private
 from baselines.graph import Setup, build
 from baselines.importance import collect_gradients
-from baselines.registry import get_method
+from baselines.registry import MethodSpec, get_method
 from baselines.structure import PruningError, check_forward
 from lorita.counting import count_flops_params
 
@@ -32,7 +32,7 @@ def progressive_targets(target: float, steps: int) -> list[float]:
 
 @dataclass(frozen=True)
 class _Config:
-    method: str
+    spec: MethodSpec
     metric: str
     example_input: torch.Tensor
     batches: list | None
@@ -82,14 +82,11 @@ def prune(
     lose attention head dims and MLP hidden dims (whole heads instead with `prune_heads=True`); each attention's
     `num_heads` (and `head_dim` if it has one) is updated. `seed` fixes the `random` criterion.
 
-    Errors: ValueError for an unknown method (listing the registry), a low-rank method, a target outside (0, 1),
+    Errors: ValueError for an unknown method (listing the registry), a target outside (0, 1),
     a target that cannot be reached (stating the largest reachable drop) or missing train_batches; PruningError
     (a RuntimeError) naming the layer when torch-pruning cannot trace or consistently prune the model.
     """
     spec = get_method(method)
-    if spec.kind != "prune":
-        raise ValueError(f"{method!r} is a low-rank method, not a pruning method: the harness factorizes the dense "
-                         "model with lorita.plan_ranks / lorita.factorize; baselines.prune only prunes channels")
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 1.0:
         raise ValueError(f"target must be a fraction in (0, 1), got {target!r}")
     if metric not in METRICS:
@@ -117,7 +114,7 @@ def prune(
     work = model  # every round prunes a deep copy of its input: `model` itself is never modified
     # Without a reference the first round's count (the same fvcore configuration as count_flops_params) is it.
     base = None if reference is None else reference[METRICS.index(metric)]
-    config = _Config(method, metric, example_input, batches, base, scope, seed, ignored, float(max_ratio),
+    config = _Config(spec, metric, example_input, batches, base, scope, seed, ignored, float(max_ratio),
                      prune_heads)
     for index, round_target in enumerate(progressive_targets(float(target), steps)):
         work, base = _prune_round(work, round_target, config, seed + index)
@@ -131,10 +128,10 @@ def _prune_round(model: nn.Module, target: float, config: _Config, seed: int) ->
     aim, achieved = target, None
     for _ in range(_ATTEMPTS):
         work = copy.deepcopy(model)
-        setup = build(work, config.method, config.example_input, ignored_layers=config.ignored_layers,
+        setup = build(work, config.spec.name, config.example_input, ignored_layers=config.ignored_layers,
                       prune_heads=config.prune_heads, seed=seed)
         if config.batches is not None:
-            collect_gradients(work, config.method, config.batches)
+            collect_gradients(work, config.spec, config.batches)
         cost = budget.CostModel(work, config.example_input, setup.attentions)
         if config.base is None:
             config = dataclasses.replace(config, base=cost.count(config.metric))
@@ -147,19 +144,19 @@ def _prune_round(model: nn.Module, target: float, config: _Config, seed: int) ->
                              f"is {current:.3f}")
         groups = _group_units(setup, cost, config)
         if not groups:
-            raise ValueError(_unreachable(target, config, current, why=_no_units_reason(config.method)))
+            raise ValueError(_unreachable(target, config, current, why=_no_units_reason(config.spec)))
         try:
             plan = budget.choose(groups, cost, config.metric, aim, config.base, scope=config.scope)
+        except budget.UnreachableTarget as err:
+            raise ValueError(f"target={target:.4g} for {config.metric}_drop is unreachable: {err} "
+                             f"(every prunable layer pruned to max_ratio={config.max_ratio:g} with method "
+                             f"{config.spec.name!r})") from None
         except budget.BudgetError as err:
-            if "largest reachable" in str(err):
-                raise ValueError(f"target={target:.4g} for {config.metric}_drop is unreachable: {err} "
-                                 f"(every prunable layer pruned to max_ratio={config.max_ratio:g} with method "
-                                 f"{config.method!r})") from None
             raise ValueError(f"target={target:.4g} for {config.metric}_drop: {err}") from None
         _apply(setup, groups, plan)
         work.zero_grad(set_to_none=True)
         check_forward(work, config.example_input,
-                      f"torch-pruning could not prune {type(work).__name__} consistently ({config.method}); the "
+                      f"torch-pruning could not prune {type(work).__name__} consistently ({config.spec.name}); the "
                       "pruned model", _HINT)
         flops, params = count_flops_params(work, config.example_input)
         achieved = 1.0 - (flops if config.metric == "flops" else params) / config.base
@@ -168,7 +165,7 @@ def _prune_round(model: nn.Module, target: float, config: _Config, seed: int) ->
             return work, config.base
         aim += target - achieved
     raise PruningError(f"could not bring {config.metric}_drop within 1 percentage point of {target:.4g} "
-                       f"({config.method} on {type(model).__name__}): last achieved {achieved:.4f}")
+                       f"({config.spec.name} on {type(model).__name__}): last achieved {achieved:.4f}")
 
 
 _HINT = ("Layers whose widths are tied by operations torch-pruning does not model (e.g. a fixed zero-padding "
@@ -177,7 +174,8 @@ _HINT = ("Layers whose widths are tied by operations torch-pruning does not mode
 
 def _root_name(setup: Setup, group) -> str:
     module = group[0].dep.target.module
-    return f"{setup.dg._module2name.get(module, '?')} ({type(module).__name__})"
+    name = tp_private.module_name(setup.dg, module)
+    return f"{'?' if name is None else name} ({type(module).__name__})"
 
 
 def _unreachable(target: float, config: _Config, current: float, why: str) -> str:
@@ -185,9 +183,9 @@ def _unreachable(target: float, config: _Config, current: float, why: str) -> st
             f"{current:.3f} ({why})")
 
 
-def _no_units_reason(method: str) -> str:
-    if method == "slim":
-        return "slim scores channels by BatchNorm scales and no prunable channel has a BatchNorm"
+def _no_units_reason(spec: MethodSpec) -> str:
+    if spec.batchnorm_scales:
+        return f"{spec.name} scores channels by BatchNorm scales and no prunable channel has a BatchNorm"
     return "the model has no prunable channel outside the classifier, residual streams and ignored layers"
 
 
@@ -210,7 +208,7 @@ def _group_units(setup: Setup, cost: budget.CostModel, config: _Config) -> list[
             continue
         root_order = np.asarray(group[0].idxs)
         scores = scores[np.argsort(root_order)]
-        channel_groups = pruner._get_channel_groups(group)
+        channel_groups = tp_private.channel_groups(pruner, group)
         heads = qkv is not None and config.prune_heads
         if heads:
             count = pruner.num_heads[qkv]

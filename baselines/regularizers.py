@@ -22,19 +22,20 @@ class SparsityRegularizer:
     while it trains with a regularizer.
     """
 
-    def __init__(self, model: nn.Module, method: str, pruner: tp.pruner.BasePruner, reg: float) -> None:
+    def __init__(self, model: nn.Module, method: str, pruner: tp.pruner.BasePruner) -> None:
         self.model = model
         self.method = method
         self.pruner = pruner
-        self.reg = reg
+
+    @property
+    def reg(self) -> float:
+        """The regularization strength (the pruner's, which its regularize() reads)."""
+        return self.pruner.reg
 
     @torch.no_grad()
     def __call__(self) -> None:
-        if self.method == "slim":
-            self.pruner.regularize(self.model, reg=self.reg)
-        else:
-            # GroupNormPruner.regularize(model, alpha, bias) reads its strength from pruner.reg.
-            self.pruner.regularize(self.model)
+        # BNScalePruner and GroupNormPruner both default to the strength build() gave them (pruner.reg).
+        self.pruner.regularize(self.model)
 
     def __repr__(self) -> str:
         return f"SparsityRegularizer(method={self.method!r}, reg={self.reg:g})"
@@ -58,12 +59,13 @@ def sparsity_regularizer(model: nn.Module, method: str, *, example_input: torch.
         raise ValueError(f"reg must be a positive number, got {reg!r}")
     setup = build(model, method, example_input, ignored_layers=ignored_layers, prune_heads=prune_heads,
                   reg=float(reg))
-    if method == "slim":
+    if spec.batchnorm_scales:
+        # The pruner penalizes every BatchNorm it does not ignore, prunable or not.
         prunable = {item.dep.target.module for group, _ in setup.groups() for item in group}
         norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not any(m in prunable for m in norms):
-            raise ValueError(f"slim regularizes BatchNorm scales, but no prunable channel of {type(model).__name__} "
-                             "has a BatchNorm")
+            raise ValueError(f"{method} regularizes BatchNorm scales, but no prunable channel of "
+                             f"{type(model).__name__} has a BatchNorm")
         setup.ignore(m for m in norms if m not in prunable)
     setup.pruner.update_regularizer()
-    return SparsityRegularizer(model, method, setup.pruner, float(reg))
+    return SparsityRegularizer(model, method, setup.pruner)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from lorita.forward import probe
+from lorita.forward import evaluating, probe
 
 _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -164,16 +164,11 @@ class LayerTracker:
 
 def check_forward(model: nn.Module, example_input: torch.Tensor, what: str, hint: str = "") -> torch.Tensor:
     """Run the model once in eval mode; RuntimeError naming the failing layer if the forward pass fails."""
-    was_training = model.training
-    model.eval()
-    try:
-        with LayerTracker(model) as tracker, torch.no_grad():
-            try:
-                return model(example_input)
-            except Exception as err:  # noqa: BLE001 - re-raised with the layer's name
-                raise PruningError(f"{what} fails at forward in layer {tracker.culprit()}: {err}. {hint}") from err
-    finally:
-        model.train(was_training)
+    with evaluating(model), LayerTracker(model) as tracker, torch.no_grad():
+        try:
+            return model(example_input)
+        except Exception as err:  # noqa: BLE001 - re-raised with the layer's name
+            raise PruningError(f"{what} fails at forward in layer {tracker.culprit()}: {err}. {hint}") from err
 
 
 class PruningError(RuntimeError):

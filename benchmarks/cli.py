@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from benchmarks import interrupts
-from benchmarks.config import EXECUTORS, apply_overrides, load_yaml, make_config, parse_assignment
+from benchmarks.config import DEFAULT_CACHE_DIR, EXECUTORS, apply_overrides, load_yaml, make_config, parse_assignment
+from benchmarks.errors import one_line
+from benchmarks.run import interrupts
+
+# Set for this process before MLflow is imported (it reads it then): usage telemetry would only add a background
+# thread and failed calls to benchmarks that often run offline. A user's own setting wins.
+PROCESS_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 
 COMMANDS_GROUP = "lorita_bench.commands"
 # Commands that checkpoint what they train, so that running them again continues.
@@ -41,17 +47,17 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (budget.finetune_epochs)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--cache-dir", help="trained-model cache and checkpoints (default .cache/lorita-bench)")
+    p.add_argument("--cache-dir", help=f"trained-model cache and checkpoints (default {DEFAULT_CACHE_DIR})")
     p.add_argument("--force", action="store_true", help="run again even if this config already FINISHED")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     return p
 
 
 def _methods(args: argparse.Namespace) -> int:
-    from benchmarks.methods import known_methods
+    from benchmarks.methods import METHODS
 
-    for name, description in known_methods().items():
-        print(f"{name:<12} {description}")
+    for method in METHODS.values():
+        print(f"{method.name:<12} {method.description}")
     return 0
 
 
@@ -63,7 +69,8 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from benchmarks import outbox, tracking
+    from benchmarks import tracking
+    from benchmarks.tracking import outbox
 
     result = tracking.sync()
     if not (result.sent or result.waiting or result.refused):
@@ -81,7 +88,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from benchmarks.reproduce import reproduce
+    from benchmarks.sweeps.reproduce import reproduce
 
     only = [b.strip() for b in args.blocks.split(",") if b.strip()] if args.blocks else None
     return reproduce(preset=args.preset, data_root=args.data_root, only=only, jobs=args.jobs,
@@ -89,7 +96,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from benchmarks.sweep import run_sweep
+    from benchmarks.sweeps.driver import run_sweep
 
     return run_sweep(args.config, jobs=args.jobs, executor=args.executor, address=args.address,
                      local_cpus=args.local_cpus, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
@@ -97,7 +104,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    from benchmarks.pipeline import execute
+    from benchmarks.run.pipeline import execute
 
     result = execute(cfg, force=args.force, latency=not args.no_latency)
     print(f"\n{cfg.method} on {cfg.model}/{cfg.dataset} (seed {cfg.seed}):")
@@ -139,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(handler=_reproduce)
     sub.add_parser("methods", help="list the registered methods").set_defaults(handler=_methods)
     sub.add_parser("sync", help="send the records kept while the tracking server was unreachable",
-                   description="Runs keep what they measure in the outbox (.cache/lorita-bench/outbox, or "
+                   description=f"Runs keep what they measure in the outbox ({DEFAULT_CACHE_DIR}/outbox, or "
                                "$LORITA_BENCH_OUTBOX) while the tracking server is away; this sends it."
                    ).set_defaults(handler=_sync)
     ui = sub.add_parser("ui", help="serve the MLflow UI for the current tracking store")
@@ -165,7 +172,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _summary(result) -> str:
-    from benchmarks import schema
+    from benchmarks.tracking import schema
 
     rows = [("run", result.run_id or "-"), ("status", result.status),
             ("trained model", "reused from cache" if result.cache_hit else "trained now")]
@@ -181,22 +188,17 @@ def _summary(result) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-def _message(err: Exception) -> str:
-    # An OSError prints as "[Errno 28] ..."; its own words and the file it names read better.
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror + (f": {err.filename}" if err.filename else "")
-    return str(err)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lorita-bench` console script."""
+    for key, value in PROCESS_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     try:
         # Ctrl-C during training finishes the batch and saves a checkpoint there before stopping.
         with interrupts.installed():
             return args.handler(args)
     except (ValueError, OSError) as err:  # ConfigError and DataError are ValueErrors: one line, no traceback
-        print(f"lorita-bench: error: {_message(err)}", file=sys.stderr)
+        print(f"lorita-bench: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         resumable = args.command in RESUMABLE_COMMANDS

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,25 @@ class ConfigError(ValueError):
     """A one-line message naming the bad key and what is allowed."""
 
 
-def _spec(default: Any, allowed: str, ok: Callable[[Any], bool], *, kind: type | None = None, **kw: Any) -> Any:
-    metadata = {"allowed": allowed, "ok": ok, "kind": kind}
+# The trained-model cache, checkpoints, claims and outbox live below this folder unless told otherwise.
+DEFAULT_CACHE_DIR = ".cache/lorita-bench"
+
+
+def check_keys(keys: Iterable[str], allowed: Iterable[str], *, context: str, prefix: str = "",
+               owner: str | None = None, what: str = "key", error: type[ValueError] = ConfigError) -> None:
+    """Raise `error` ("context: unknown key 'prefix.key' [for owner]; allowed: ...") for the first unknown key."""
+    allowed = list(allowed)
+    for key in keys:
+        if key not in allowed:
+            where = f" for {owner}" if owner else ""
+            raise error(f"{context}: unknown {what} {prefix + key!r}{where}; allowed: {', '.join(allowed) or 'none'}")
+
+
+def _spec(default: Any, allowed: str, ok: Callable[[Any], bool], *, kind: type | None = None, added: bool = False,
+          **kw: Any) -> Any:
+    # `added`: a field that came after results were first stored; it enters the hashes only when set away from its
+    # default, so stores and caches made before it existed keep their identities.
+    metadata = {"allowed": allowed, "ok": ok, "kind": kind, "added": added}
     if callable(default) and not isinstance(default, str | int | float):
         return field(default_factory=default, metadata=metadata, **kw)
     return field(default=default, metadata=metadata, **kw)
@@ -76,7 +93,10 @@ class Budget:
 
     def hash(self) -> str:
         """Short stable hash: runs of one comparison share it."""
-        return stable_hash(dataclasses.asdict(self))
+        return stable_hash(identity(self))
+
+
+BUDGET_FIELDS = tuple(f.name for f in dataclasses.fields(Budget))
 
 
 def _is_str_list(v: Any) -> bool:
@@ -106,15 +126,31 @@ class RunConfig:
     seed: int = _spec(0, "an integer >= 0", _int(0))
     device: str = _spec("auto", "auto, cpu, cuda or cuda:N",
                         lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or v.startswith("cuda:")))
-    cache_dir: str = _spec(".cache/lorita-bench", "a directory path", lambda v: isinstance(v, str) and bool(v))
+    cache_dir: str = _spec(DEFAULT_CACHE_DIR, "a directory path", lambda v: isinstance(v, str) and bool(v))
     budget: Budget = field(default_factory=Budget)
 
     def config_hash(self) -> str:
         """Hash of everything that defines the run's result (not where it runs or is stored)."""
-        d = dataclasses.asdict(self)
+        d = identity(self)
         for key in ("experiment", "data_root", "device", "cache_dir"):
             d.pop(key)
         return stable_hash(d)
+
+
+def identity(obj: Any) -> dict[str, Any]:
+    """A config dataclass as the plain dict its hashes are made of: `added` fields only where not at their default."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = identity(value)
+        elif not (f.metadata.get("added") and value == _default(f)):
+            out[f.name] = value
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def stable_hash(obj: Any) -> str:
@@ -126,11 +162,10 @@ def _coerce(cls: type, prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: {prefix.rstrip('.') or 'the file'} must be a mapping; got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    check_keys(data, fields, context="config", prefix=prefix)
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if key not in fields:
-            raise ConfigError(f"config: unknown key {name!r}; allowed: {', '.join(fields)}")
         f = fields[key]
         if key == "budget" and cls is RunConfig:
             out[key] = Budget(**_coerce(Budget, "budget.", {} if value is None else value))

@@ -19,6 +19,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from benchmarks import checkpoints
+from benchmarks.config import DEFAULT_CACHE_DIR
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder:<path>")
 
@@ -317,7 +318,7 @@ def _load_imagefolder(name: str, folder: Path, cache_dir: str | None) -> _Splits
     for path, _ in train_files + test_files:
         stat = os.stat(path)
         key.update(f"{path[skip:]}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    cache_root = Path(cache_dir or os.environ.get("LORITA_BENCH_CACHE") or ".cache/lorita-bench")
+    cache_root = Path(cache_dir or os.environ.get("LORITA_BENCH_CACHE") or DEFAULT_CACHE_DIR)
     cache = cache_root / f"imagefolder-{key.hexdigest()[:24]}.pt"
     payload = _read_cache(cache)
     if payload is None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from benchmarks import schema, tracking
+from benchmarks import tracking
+from benchmarks.tracking import schema
 from reports import collect, figures, tables
 from reports.document import Block, Bullets, Heading, Image, Paragraph, Table, html_page, markdown
 
@@ -90,7 +91,7 @@ def _group_blocks(runs: pd.DataFrame, out: _Output) -> list[Block]:
     blocks: list[Block] = [
         Heading(2, name),
         Paragraph(f"{len(runs)} finished runs on dataset {first['dataset']}, seeds {seeds}; methods: "
-                  f"{', '.join(collect.ordered_labels(runs['label']))}; targets: {targets or 'none'}."),
+                  f"{', '.join(collect.ordered_labels(runs))}; targets: {targets or 'none'}."),
         Bullets(_software(runs)),
     ]
     if not compressed.empty:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from benchmarks import schema, tracking
-from benchmarks.config import Budget, stable_hash
+from benchmarks import tracking
+from benchmarks.config import BUDGET_FIELDS, stable_hash
+from benchmarks.methods import METHODS
+from benchmarks.tracking import schema
 
-BUDGET_FIELDS = tuple(f.name for f in dataclasses.fields(Budget))
 RESULT_METRICS = (schema.ACC_TRAINED, schema.ACC_COMPRESSED, schema.ACC_FINETUNED, schema.FLOPS_DROP,
                   schema.PARAMS_DROP, schema.TRAIN_TIME_S, schema.LATENCY_MS_B1, schema.LATENCY_MS_B128,
                   schema.LATENCY_MS_B1_GPU, schema.LATENCY_MS_B128_GPU)
@@ -22,8 +22,8 @@ GROUP = ["model_label", "dataset", "budget_hash"]
 # What makes two finished runs the same measurement (a rerun or the same config in another experiment).
 MEASUREMENT = [*GROUP, "label", "target_metric", "target", "seed"]
 NOT_FINISHED = (schema.STATUS_FAILED, schema.STATUS_KILLED)
-# Methods whose trained model is the plain dense network itself: the N = 1 reference of spectra and times.
-DENSE_TRAINED = ("dense", "svd")
+# Where a method no longer registered (a store written by another version) comes in report order: last.
+_UNKNOWN_RANK = 99
 
 
 def _parse(text: Any) -> Any:
@@ -48,14 +48,16 @@ def model_label(model: str, kwargs: dict[str, Any]) -> str:
     return f"{model} ({options})" if options else model
 
 
-def method_label(method: str, factors: int, options: dict[str, Any], exclude: Any) -> str:
-    """lorita N=3, l1 (steps=3): a method as the figures and tables name it."""
-    label = f"lorita N={factors}" if method == "lorita" else method
-    extras = [f"{key}={value}" for key, value in options.items()]
-    if exclude is not None:
-        # A non-default exclusion changes what is compressed: such runs must not share a line with default ones.
-        extras.append(f"exclude={','.join(exclude)}")
-    return f"{label} ({', '.join(extras)})" if extras else label
+def _method_columns(method: str, factors: int, options: dict[str, Any], exclude: Any) -> dict[str, Any]:
+    """What the registry says of a run's method, as data: its label, report rank, and what kind of reference it is."""
+    found = METHODS.get(method)
+    if found is None:
+        # Still reportable: its code name as label, no reference role.
+        extras = [f"{key}={value}" for key, value in options.items()]
+        return {"label": f"{method} ({', '.join(extras)})" if extras else method, "method_rank": _UNKNOWN_RANK,
+                "reference": False, "plain_training": False}
+    return {"label": found.display_label(factors, options, exclude), "method_rank": found.report_rank,
+            "reference": not found.compresses, "plain_training": found.plain_training}
 
 
 def _tidy_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -71,8 +73,7 @@ def _tidy_row(row: dict[str, Any]) -> dict[str, Any]:
         "model_kwargs": json.dumps(kwargs, sort_keys=True), "model_label": model_label(model, kwargs),
         "dataset": row[f"tags.{schema.TAG_DATASET}"], "budget_hash": row.get(f"tags.{schema.TAG_BUDGET_HASH}"),
         "method": method, "factors": factors,
-        "label": method_label(method, factors, _prefixed(row, "params.method_options."),
-                              _parse(row.get("params.exclude"))),
+        **_method_columns(method, factors, _prefixed(row, "params.method_options."), _parse(row.get("params.exclude"))),
         "target_metric": _parse(row.get("params.target_metric")),
         "target": float(target) if target is not None else np.nan,
         "seed": int(_parse(row.get("params.seed")) or 0),
@@ -114,18 +115,21 @@ def failures(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["status"].isin(NOT_FINISHED)].reset_index(drop=True)
 
 
-def label_key(label: str) -> tuple[int, int, str]:
-    """Sort key: dense, then lorita by N, then svd, then the baselines by name."""
-    if label == "dense":
-        return (0, 0, label)
-    if label.startswith("lorita N="):
-        return (1, int(label.removeprefix("lorita N=").split(" ")[0]), label)
-    return (2 if label.startswith("svd") else 3, 0, label)
+def label_order(runs: pd.DataFrame) -> dict[str, tuple[int, int, str]]:
+    """{label: sort key} of the runs' labels: the registry's report rank, then factors, then the label."""
+    rows = runs.drop_duplicates("label")
+    return {row.label: (int(row.method_rank), int(row.factors), row.label) for row in rows.itertuples()}
 
 
-def ordered_labels(labels: Any) -> list[str]:
-    """Distinct labels in report order."""
-    return sorted(set(labels), key=label_key)
+def ordered_labels(runs: pd.DataFrame) -> list[str]:
+    """The runs' distinct labels in report order (the reference first, then as the registry ranks them)."""
+    order = label_order(runs)
+    return sorted(order, key=order.__getitem__)
+
+
+def reference_labels(runs: pd.DataFrame) -> set[str]:
+    """Labels of the uncompressed reference runs among `runs`."""
+    return set(runs.loc[runs["reference"].astype(bool), "label"])
 
 
 def check_one_comparison(runs: pd.DataFrame) -> None:
@@ -154,7 +158,7 @@ def seed_stats(runs: pd.DataFrame, by: list[str], values: list[str]) -> pd.DataF
 
 def with_base(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs with base_acc (acc_trained of the dense run of the same group and seed) and delta_acc."""
-    dense = runs[runs["method"] == "dense"].drop_duplicates([*GROUP, "seed"])
+    dense = runs[runs["reference"].astype(bool)].drop_duplicates([*GROUP, "seed"])
     base = dense[[*GROUP, "seed", schema.ACC_TRAINED]].rename(columns={schema.ACC_TRAINED: "base_acc"})
     out = runs.merge(base, on=[*GROUP, "seed"], how="left")
     out["delta_acc"] = out[schema.ACC_FINETUNED] - out["base_acc"]
@@ -162,19 +166,19 @@ def with_base(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def trained_models(runs: pd.DataFrame) -> pd.DataFrame:
-    """One run per trained model (factors, seed) of a group: lorita per N, and dense (or svd) for N = 1."""
-    candidates = runs[(runs["method"] == "lorita") | runs["method"].isin(DENSE_TRAINED)]
-    # Prefer the dense run itself for N = 1; any svd run of the seed has the same trained model.
-    ranked = candidates.assign(rank=(candidates["method"] != "dense").astype(int)).sort_values(
+    """One run per trained model (factors, seed) of a group whose training is the budget alone: a model per N."""
+    candidates = runs[runs["plain_training"].astype(bool)]
+    # Prefer the reference run itself; any plainly trained run of the seed has the same trained model.
+    ranked = candidates.assign(rank=(~candidates["reference"].astype(bool)).astype(int)).sort_values(
         ["factors", "seed", "rank"], kind="stable")
     return ranked.drop_duplicates(["factors", "seed"]).drop(columns="rank").reset_index(drop=True)
 
 
 def train_time_ratios(runs: pd.DataFrame) -> pd.DataFrame:
-    """LoRITa training time over the dense model's of the same seed: columns factors, seed, ratio."""
+    """Training time of the composed models (N > 1) over the plain model's of the same seed: factors, seed, ratio."""
     models = trained_models(runs)
     dense = models[models["factors"] == 1].set_index("seed")[schema.TRAIN_TIME_S]
-    lorita = models[(models["method"] == "lorita") & models["seed"].isin(dense.index)]
+    lorita = models[(models["factors"] > 1) & models["seed"].isin(dense.index)]
     ratio = lorita[schema.TRAIN_TIME_S].to_numpy() / dense.loc[lorita["seed"]].to_numpy()
     return pd.DataFrame({"factors": lorita["factors"].to_numpy(), "seed": lorita["seed"].to_numpy(), "ratio": ratio})
 

@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from benchmarks import schema
+from benchmarks.tracking import schema
 from reports import collect
 from reports.tables import TARGET_NAMES, target_title
 
@@ -41,16 +41,16 @@ def save(fig: Figure, stem: Path) -> list[Path]:
     return [png, pdf]
 
 
-def _colors(labels: list[str]) -> dict[str, str]:
-    # Dense is the black reference everywhere, so a method keeps its color whether or not dense is drawn.
-    methods = [label for label in labels if label != "dense"]
-    return {"dense": "black", **{label: PALETTE[i % len(PALETTE)] for i, label in enumerate(methods)}}
-
-
-def _markers(labels: list[str]) -> dict[str, str]:
-    # Past the palette's length colors repeat: a different marker keeps every method distinguishable.
-    methods = [label for label in labels if label != "dense"]
-    return {"dense": "o", **{label: MARKERS[i // len(PALETTE) % len(MARKERS)] for i, label in enumerate(methods)}}
+def _styles(runs: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
+    """(colors, markers) by label. The reference is black everywhere, so a method keeps its color whether or not
+    the reference is drawn; past the palette's length colors repeat and a different marker tells methods apart."""
+    references = collect.reference_labels(runs)
+    methods = [label for label in collect.ordered_labels(runs) if label not in references]
+    colors = {**dict.fromkeys(references, "black"), **{label: PALETTE[i % len(PALETTE)] for i, label in
+                                                        enumerate(methods)}}
+    markers = {**dict.fromkeys(references, "o"), **{label: MARKERS[i // len(PALETTE) % len(MARKERS)] for i, label
+                                                     in enumerate(methods)}}
+    return colors, markers
 
 
 def _legend_outside(ax: Axes) -> None:
@@ -59,10 +59,10 @@ def _legend_outside(ax: Axes) -> None:
 
 
 def _factor_colors(factors: list[int]) -> dict[int, str]:
-    """N = 1 is the dense model (black); lorita N gets the color its label has in the accuracy figures."""
-    names = {n: "dense" if n == 1 else f"lorita N={n}" for n in factors}
-    colors = _colors(collect.ordered_labels(names.values()))
-    return {n: colors[name] for n, name in names.items()}
+    """N = 1 is the dense model (black); each composed N gets the color LoRITa (N) has in the accuracy figures,
+    where the composed models come first after the reference, by N."""
+    composed = sorted(n for n in factors if n != 1)
+    return {1: "black", **{n: PALETTE[i % len(PALETTE)] for i, n in enumerate(composed)}}
 
 
 def _pct(series: pd.Series) -> np.ndarray:
@@ -83,8 +83,8 @@ def tradeoff_figure(runs: pd.DataFrame, drop: str, title: str) -> Figure:
     """Accuracy after fine-tuning vs achieved drop, a line per method, mean ± std over seeds, Pareto marked."""
     compressed = runs[runs["target"].notna()]
     stats = collect.seed_stats(compressed, ["label", "target_metric", "target"], [drop, schema.ACC_FINETUNED])
-    labels = collect.ordered_labels(stats["label"])
-    colors, markers = _colors(labels), _markers(labels)
+    labels = collect.ordered_labels(compressed)
+    colors, markers = _styles(runs)
     both = stats["target_metric"].nunique() > 1
     fig = _figure(8.0, 4.4)
     ax = fig.add_subplot()
@@ -100,10 +100,11 @@ def tradeoff_figure(runs: pd.DataFrame, drop: str, title: str) -> Figure:
     front = pareto_mask(x, y)
     ax.scatter(x[front], y[front], s=170, facecolors="none", edgecolors="black", linewidths=1.4, zorder=5,
                label="Pareto-optimal")
-    dense = runs.loc[runs["method"] == "dense", schema.ACC_TRAINED]
-    if not dense.empty:
-        ax.axhline(100 * dense.mean(), color="black", ls=":", lw=1.2,
-                   label=f"dense ({100 * dense.mean():.1f} %, {len(dense)} seeds)")
+    reference = runs[runs["reference"].astype(bool)]
+    if not reference.empty:
+        acc = reference[schema.ACC_TRAINED]
+        ax.axhline(100 * acc.mean(), color="black", ls=":", lw=1.2,
+                   label=f"{reference['label'].iloc[0]} ({100 * acc.mean():.1f} %, {len(acc)} seeds)")
     ax.set_xlabel(f"achieved {DROP_NAMES[drop]} drop (%)")
     ax.set_ylabel("test accuracy after fine-tuning (%)")
     ax.set_title(title, fontsize=10)
@@ -211,19 +212,19 @@ def ablation_figure(runs: pd.DataFrame, x: str, xlabel: str, title: str, log_x: 
     dense = runs[runs["target"].isna()]
     compressed = runs[runs["target"].notna()]
     targets = sorted(compressed.groupby(["target_metric", "target"]).groups) or [None]
-    labels = collect.ordered_labels(runs["label"])
-    colors, markers = _colors(labels), _markers(labels)
+    colors, markers = _styles(runs)
+    references = collect.reference_labels(runs)
     ncols = min(3, len(targets))
     fig = _figure(4.2 * ncols, 3.4 * math.ceil(len(targets) / ncols) + 0.4)
     for ax, target in zip(_panels(fig, len(targets)), targets, strict=True):
         part = dense if target is None else pd.concat(
             [dense, compressed[(compressed["target_metric"] == target[0]) & (compressed["target"] == target[1])]])
         stats = collect.seed_stats(part, ["label", x], [schema.ACC_FINETUNED]).sort_values(x)
-        for label in collect.ordered_labels(stats["label"]):
+        for label in collect.ordered_labels(part):
             line = stats[stats["label"] == label]
             ax.errorbar(line[x], _pct(line[f"{schema.ACC_FINETUNED}_mean"]),
                         yerr=_pct(line[f"{schema.ACC_FINETUNED}_std"]), color=colors[label], marker=markers[label],
-                        ms=4, capsize=3, ls=":" if label == "dense" else "-", label=label)
+                        ms=4, capsize=3, ls=":" if label in references else "-", label=label)
         if log_x:
             positive = part.loc[part[x] > 0, x]
             # Weight decay 0 has no place on a log axis: linear near zero, log beyond the smallest value used.

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from benchmarks import schema
+from benchmarks.tracking import schema
 from reports import collect
 
 # (stat column, header) of the result table after the method column; values are fractions, shown in percent.
@@ -74,7 +74,7 @@ def result_stats(runs: pd.DataFrame) -> pd.DataFrame:
     stats = collect.seed_stats(compressed, ["target_metric", "target", "label"], values)
     for name in values:
         stats[[f"{name}_mean", f"{name}_std"]] *= 100
-    stats["order"] = stats["label"].map(collect.label_key)
+    stats["order"] = stats["label"].map(collect.label_order(compressed))
     return stats.sort_values(["target_metric", "target", "order"], ignore_index=True).drop(columns="order")
 
 

@@ -13,11 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import baselines
-from baselines.importance import make_importance
 from benchmarks.models import PadShortcut, create_model
 from lorita.counting import count_flops_params
 
-PRUNING = [name for name, spec in baselines.METHODS.items() if spec.kind == "prune"]
+PRUNING = list(baselines.METHODS)
 TARGETS = (0.3, 0.5, 0.7)
 CIFAR = (3, 32, 32)
 VIT = {"dim": 48, "depth": 2, "heads": 3, "mlp_dim": 96}
@@ -72,19 +71,26 @@ def _kept_rows(base: nn.Module, pruned: nn.Module, layer: str) -> set[int]:
 def test_registry_lists_every_method_with_its_needs():
     assert set(PRUNING) == {"l1", "l2", "group_norm", "slim", "group_sl", "taylor", "hessian", "lamp", "fpgm",
                             "random"}
-    assert baselines.METHODS["svd"].kind == "lowrank"
+    assert "svd" not in baselines.METHODS  # benchmarks registers it as a low-rank method
     assert {n for n, s in baselines.METHODS.items() if s.regularized_training} == {"slim", "group_sl"}
     assert {n for n, s in baselines.METHODS.items() if s.needs_data} == {"taylor", "hessian"}
     assert baselines.METHODS["slim"].default_reg == 1e-5 and baselines.METHODS["group_sl"].default_reg == 5e-4
-    assert all(spec.description and "\n" not in spec.description for spec in baselines.METHODS.values())
+    for spec in baselines.METHODS.values():
+        assert all(text and "\n" not in text for text in (spec.description, spec.label, spec.citation)), spec.name
+    assert baselines.METHODS["l1"].label == "L1 norm" and baselines.METHODS["l1"].citation == "Li et al., ICLR 2017"
     # Each criterion is its own torch-pruning configuration.
-    configs = {name: type(make_importance(name)).__name__ for name in PRUNING}
+    configs = {name: type(spec.importance(0)).__name__ for name, spec in baselines.METHODS.items()}
     assert configs["slim"] == "BNScaleImportance" and configs["taylor"] == "TaylorImportance"
     assert configs["hessian"] == "HessianImportance" and configs["lamp"] == "LAMPImportance"
-    l1, l2, group = make_importance("l1"), make_importance("l2"), make_importance("group_norm")
+    assert configs["random"] == "SeededRandomImportance"
+    l1, l2, group, group_sl = (baselines.get_method(name).importance(0) for name in ("l1", "l2", "group_norm",
+                                                                                       "group_sl"))
     assert (l1.p, l1.group_reduction, l1.normalizer) == (1, "first", None)
     assert (l2.p, l2.group_reduction, l2.normalizer) == (2, "first", None)
-    assert (group.p, group.group_reduction) == (2, "mean")
+    assert (group.p, group.group_reduction, group_sl.normalizer) == (2, "mean", "max")
+    pruners = {name: spec.pruner.__name__ for name, spec in baselines.METHODS.items()}
+    assert pruners["slim"] == "BNScalePruner" and pruners["group_norm"] == pruners["group_sl"] == "GroupNormPruner"
+    assert {n for n, s in baselines.METHODS.items() if s.batchnorm_scales} == {"slim"}
 
 
 # ---------------------------------------------------------------- budgets
@@ -362,8 +368,8 @@ def test_unreachable_target_states_the_largest_reachable_drop():
         baselines.prune(_model("vit", **VIT), "slim", 0.5, example_input=x)
 
 
-def test_svd_is_refused_as_a_low_rank_method():
-    with pytest.raises(ValueError, match="'svd' is a low-rank method"):
+def test_svd_is_not_a_pruning_method():
+    with pytest.raises(ValueError, match="unknown method 'svd'"):
         baselines.prune(_model("resnet20"), "svd", 0.5, example_input=_inputs())
 
 

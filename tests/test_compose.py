@@ -5,23 +5,12 @@ import warnings
 
 import pytest
 import torch
-import torchvision
 from sklearn.datasets import load_digits
+from support import FAMILIES, input_shape
 from torch import nn
 
-from benchmarks.models import create_model
 from lorita import collapse, overparameterize, spectra
 from lorita.compose import ComposedConv2d, ComposedLinear, set_mode
-
-FAMILIES = {
-    "fcn": lambda: create_model("fcn", 10, (1, 8, 8), layers=3, width=32),
-    "vgg": lambda: create_model("vgg16", 10, (3, 32, 32)),
-    "resnet_a": lambda: create_model("resnet20", 10, (3, 32, 32), shortcut="A"),
-    "resnet_b": lambda: create_model("resnet20", 10, (3, 32, 32), shortcut="B"),
-    "vit": lambda: create_model("vit", 10, (3, 32, 32), dim=24, depth=2, heads=2, mlp_dim=32, patch_size=8),
-    "tv_resnet18": lambda: torchvision.models.resnet18(num_classes=10),
-}
-INPUT = {"fcn": (4, 1, 8, 8)}
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -40,7 +29,7 @@ def _sgd_step(model: nn.Module, x: torch.Tensor) -> None:
 def test_collapse_equals_composed_after_a_step(family):
     torch.manual_seed(0)
     model = overparameterize(FAMILIES[family]().double(), 3)
-    x = torch.randn(INPUT.get(family, (4, 3, 32, 32)), dtype=torch.float64)
+    x = torch.randn(input_shape(family, 4), dtype=torch.float64)
     _sgd_step(model, x)
     plain = collapse(model)
     assert not any(isinstance(m, (ComposedLinear, ComposedConv2d)) for m in plain.modules())
@@ -51,11 +40,11 @@ def test_collapse_equals_composed_after_a_step(family):
         assert _relative_error(plain(x), model(x)) < 1e-9
 
 
-@pytest.mark.parametrize("family", ["fcn", "resnet_a", "vit"])
+@pytest.mark.parametrize("family", ["fcn", "resnet20_a", "vit"])
 def test_modes_give_equal_outputs_and_gradients(family):
     torch.manual_seed(0)
     model = overparameterize(FAMILIES[family]().double(), 3).eval()
-    x = torch.randn(INPUT.get(family, (2, 3, 32, 32)), dtype=torch.float64)
+    x = torch.randn(input_shape(family, 2), dtype=torch.float64)
     results = {}
     for mode in ("activation", "weight", "auto"):
         set_mode(model, mode)

@@ -82,7 +82,7 @@ def test_apply_overrides_refuses_to_descend_into_a_value():
 def test_shipped_configs_load():
     from pathlib import Path
 
-    from benchmarks.sweep import expand, parse_sweep
+    from benchmarks.sweeps.grid import expand, parse_sweep
 
     folder = Path(__file__).parent.parent / "benchmarks" / "configs"
     for path in folder.glob("*.yaml"):

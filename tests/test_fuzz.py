@@ -12,13 +12,14 @@ from hypothesis import strategies as st
 
 from benchmarks.cli import main
 from benchmarks.config import Budget, ConfigError, RunConfig, make_config
-from benchmarks.methods import PRUNE_OPTIONS, resolve
-from benchmarks.pipeline import RunResult
-from benchmarks.sweep import SWEEP_KEYS, expand, parse_sweep
+from benchmarks.methods import METHODS, resolve
+from benchmarks.run.pipeline import RunResult
+from benchmarks.sweeps.grid import SWEEP_KEYS, expand, parse_sweep
 
 RUN_KEYS = [f.name for f in dataclasses.fields(RunConfig)]
 BUDGET_KEYS = [f.name for f in dataclasses.fields(Budget)]
 # Every name an error may cite: the keys of a run, a budget, a method's options and a sweep file.
+PRUNE_OPTIONS = list(dict.fromkeys(key for m in METHODS.values() for key in m.options))
 FIELD_NAMES = [*RUN_KEYS, *BUDGET_KEYS, *PRUNE_OPTIONS, *SWEEP_KEYS, "the file"]
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(),
@@ -87,7 +88,7 @@ def test_cli_fails_in_one_line_before_any_training(argv):
         started.append(resolve(cfg))
         return RunResult(started[-1], "stub", "FINISHED")
 
-    with mock.patch("benchmarks.pipeline.execute", execute), contextlib.redirect_stderr(err), \
+    with mock.patch("benchmarks.run.pipeline.execute", execute), contextlib.redirect_stderr(err), \
             contextlib.redirect_stdout(io.StringIO()):
         try:
             code = main(argv)

@@ -6,10 +6,9 @@ import time
 
 import pytest
 import torch
-import torchvision
+from support import FAMILIES, input_shape
 from torch import nn
 
-from benchmarks.models import create_model
 from lorita.compose import overparameterize
 from lorita.costs import plan_cost
 from lorita.counting import count_flops_params
@@ -17,17 +16,7 @@ from lorita.factorize import factorize, truncate
 from lorita.ranks import POLICIES, plan_ranks
 from lorita.spectra import spectra
 
-FAMILIES = {
-    "fcn": lambda: create_model("fcn", 10, (1, 8, 8), layers=3, width=32),
-    "cnn": lambda: create_model("cnn", 10, (3, 16, 16), channels=(8, 16), hidden=24),
-    "vgg16": lambda: create_model("vgg16", 10, (3, 32, 32)),
-    "resnet20_a": lambda: create_model("resnet20", 10, (3, 32, 32), shortcut="A"),
-    "resnet20_b": lambda: create_model("resnet20", 10, (3, 32, 32), shortcut="B"),
-    "vit": lambda: create_model("vit", 10, (3, 32, 32), dim=24, depth=2, heads=2, mlp_dim=32, patch_size=8),
-    "tv_resnet18": lambda: torchvision.models.resnet18(num_classes=10),
-}
 SMALL = [f for f in FAMILIES if f != "vgg16"]  # vgg16 is the acceptance model, priced in its own tests
-INPUT_SHAPES = {"fcn": (4, 1, 8, 8), "cnn": (2, 3, 16, 16)}
 
 
 
@@ -43,7 +32,7 @@ def _shared(family: str) -> nn.Module:
 
 
 def _input(family: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(INPUT_SHAPES.get(family, (1, 3, 32, 32)), generator=torch.Generator().manual_seed(1),
+    return torch.randn(input_shape(family, 1), generator=torch.Generator().manual_seed(1),
                        dtype=dtype)
 
 

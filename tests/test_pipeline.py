@@ -6,12 +6,13 @@ import mlflow
 import pytest
 import torch
 
-from benchmarks import load_model, schema, tracking
+from benchmarks import load_model, tracking
 from benchmarks.cli import main
 from benchmarks.config import make_config
 from benchmarks.data import load_dataset
-from benchmarks.pipeline import execute
-from benchmarks.train import evaluate
+from benchmarks.run.pipeline import execute
+from benchmarks.run.train import evaluate
+from benchmarks.tracking import schema
 
 
 def _cfg(store, **kw):
@@ -123,7 +124,7 @@ def test_a_claimed_config_is_not_run_twice_and_a_dead_claim_expires(store):
     import subprocess
     import sys
 
-    from benchmarks.pipeline import run_key
+    from benchmarks.run.pipeline import run_key
 
     cfg = _cfg(store, method="svd", target_metric="flops_drop", target=0.5, experiment="claims")
     from benchmarks.methods import resolve
@@ -152,8 +153,8 @@ def test_a_claimed_config_is_not_run_twice_and_a_dead_claim_expires(store):
 def test_non_finite_loss_stops_at_once_naming_the_epoch():
     from torch import nn
 
-    from benchmarks.pipeline import _phase
-    from benchmarks.train import NonFiniteLoss, train
+    from benchmarks.run.pipeline import _phase
+    from benchmarks.run.train import NonFiniteLoss, train
 
     data = load_dataset("digits")
 
@@ -172,7 +173,7 @@ def test_non_finite_loss_stops_at_once_naming_the_epoch():
 
 def test_corrupt_cached_model_is_reported_and_retrained(store, capsys):
     from benchmarks.methods import resolve
-    from benchmarks.pipeline import trained_key
+    from benchmarks.run.pipeline import trained_key
 
     first = execute(_cfg(store, method="svd", target_metric="flops_drop", target=0.4, experiment="corrupt"),
                     latency=False)

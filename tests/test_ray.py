@@ -11,19 +11,18 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
+from support import TINY, benchmark_runs, write_sweep
 
-from benchmarks import cli, outbox, schema, tracking
-from benchmarks.cluster import _env as worker_env
+from benchmarks import cli, tracking
 from benchmarks.config import ConfigError
-from benchmarks.sweep import expand, load_sweep, run_sweep
+from benchmarks.sweeps.cluster import _env as worker_env
+from benchmarks.sweeps.driver import run_sweep
+from benchmarks.sweeps.grid import expand, load_sweep
+from benchmarks.tracking import outbox, schema
 
-# As tests/test_sweep.py's TINY (a run takes about a second), plus a model whose factory raises, except in the one
-# worker that first creates the file RAYTEST_CRASH_ONCE names: that worker's process dies.
-TINY = {"models": [{"name": "fcn", "layers": 2, "width": 16}, "raytest_models:broken"], "datasets": ["digits"],
-        "methods": ["dense", "svd", "lorita", "l1"], "factors": [2], "targets": {"flops_drop": [0.5]},
-        "seeds": [0], "budget": {"epochs": 2, "finetune_epochs": 1, "batch_size": 64, "lr": 0.05},
-        "device": "cpu"}
+# The tiny sweep (a run takes about a second), plus a model whose factory raises, except in the one worker that
+# first creates the file RAYTEST_CRASH_ONCE names: that worker's process dies.
+RAY_TINY = {**TINY, "models": [*TINY["models"], "raytest_models:broken"]}
 BROKEN = '''
 import os
 
@@ -57,14 +56,7 @@ def ray_env(store):
 
 
 def _write(store, name, **changes):
-    path = store / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "name": name, "cache_dir": str(store / "cache"), **changes}))
-    return str(path)
-
-
-def _runs(experiment):
-    runs = tracking.search_runs(experiment)
-    return runs[runs[f"tags.{schema.TAG_METHOD}"].notna()]
+    return write_sweep(store, name, RAY_TINY, **changes)
 
 
 def _hashes(path, model):
@@ -109,14 +101,14 @@ def test_unreachable_cluster_fails_fast_in_one_line(store):
 
 def test_cli_passes_the_ray_flags(monkeypatch):
     seen = {}
-    monkeypatch.setattr("benchmarks.sweep.run_sweep", lambda path, **kw: seen.update(kw, path=path) or 0)
+    monkeypatch.setattr("benchmarks.sweeps.driver.run_sweep", lambda path, **kw: seen.update(kw, path=path) or 0)
     assert cli.main(["sweep", "grid.yaml", "--executor", "ray", "--address", "head:6379", "--cpus-per-run", "2",
                      "--gpus-per-run", "0.5"]) == 0
     assert seen == {"path": "grid.yaml", "jobs": 1, "executor": "ray", "address": "head:6379", "local_cpus": None,
                     "cpus_per_run": 2, "gpus_per_run": 0.5}
     with pytest.raises(SystemExit):
         cli.main(["sweep", "grid.yaml", "--executor", "slurm"])
-    monkeypatch.setattr("benchmarks.reproduce.reproduce", lambda **kw: seen.update(kw) or 0)
+    monkeypatch.setattr("benchmarks.sweeps.reproduce.reproduce", lambda **kw: seen.update(kw) or 0)
     assert cli.main(["reproduce", "--preset", "short", "--executor", "ray", "--address", "head:6379"]) == 0
     assert seen["executor"] == "ray" and seen["address"] == "head:6379" and seen["jobs"] == 1
 
@@ -147,7 +139,7 @@ def test_local_instance_runs_the_grid_and_lists_dead_workers(local_instance):
     errors = Counter(line.split(": ", 1)[1].split(":")[0] for line in failures)
     assert errors == {"WorkerCrashedError": 1, "RuntimeError": 3}
 
-    runs = _runs("ray")
+    runs = benchmark_runs("ray")
     done = runs[runs["status"] == schema.STATUS_FINISHED]
     assert Counter(done[f"tags.{schema.TAG_CONFIG_HASH}"]) == dict.fromkeys(_hashes(path, "fcn"), 1)
     assert done[f"metrics.{schema.LATENCY_MS_B1}"].notna().all()  # measured by the driver afterwards
@@ -200,7 +192,7 @@ def test_joined_cluster_skips_finished_closes_dead_runs_and_records_failures(loc
                                       for f in failures)
     assert head.poll() is None  # the driver left the cluster running
 
-    runs = _runs("ray")
+    runs = benchmark_runs("ray")
     done = runs[runs["status"] == schema.STATUS_FINISHED]
     assert Counter(done[f"tags.{schema.TAG_CONFIG_HASH}"]) == dict.fromkeys(_hashes(grid, "fcn"), 1)
     broken = runs[runs[f"tags.{schema.TAG_MODEL}"] == "raytest_models:broken"]

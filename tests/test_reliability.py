@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,18 +18,23 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from support import benchmark_runs, free_port
 
 import lorita
-from benchmarks import checkpoints, interrupts, outbox, pipeline, schema, tracking
+from benchmarks import checkpoints, tracking
 from benchmarks.checkpoints import UnusableFile
 from benchmarks.cli import main
 from benchmarks.config import make_config
 from benchmarks.data import load_dataset
 from benchmarks.methods import resolve
 from benchmarks.models import create_model
-from benchmarks.pipeline import execute, load_model, trained_key
-from benchmarks.sweep import expand, load_sweep, run_sweep
-from benchmarks.train import Phase, train
+from benchmarks.run import interrupts
+from benchmarks.run.pipeline import execute, load_model, trained_key
+from benchmarks.run.train import Phase, train
+from benchmarks.sweeps import worker
+from benchmarks.sweeps.driver import run_sweep
+from benchmarks.sweeps.grid import expand, load_sweep
+from benchmarks.tracking import outbox, schema
 
 # Plateau with patience 0 moves the learning rate almost every epoch, so a resume that lost the scheduler's
 # state would show; crop+flip draws random numbers per batch, so one that lost the data order would too.
@@ -122,20 +126,15 @@ def _command(store: Path, experiment: str) -> list[str]:
     return [*RUN, "--experiment", experiment, "--cache-dir", str(store / f"cache-{experiment}")]
 
 
-def _runs(experiment: str):
-    runs = tracking.search_runs(experiment)
-    return runs[runs[f"tags.{schema.TAG_METHOD}"].notna()] if len(runs) else runs
-
-
 def _epochs_logged(experiment: str) -> int:
-    runs = _runs(experiment)
+    runs = benchmark_runs(experiment)
     return len(tracking.metric_history(runs.iloc[0]["run_id"], schema.TRAIN_LOSS)) if len(runs) else 0
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(store):
     assert main(_command(store, "uninterrupted")) == 0
-    row = _runs("uninterrupted").iloc[0]
+    row = benchmark_runs("uninterrupted").iloc[0]
     return row, tracking.metric_history(row["run_id"], schema.TRAIN_LOSS)
 
 
@@ -154,15 +153,15 @@ def test_interrupted_command_resumes_to_one_finished_run_with_identical_numbers(
     if sig == signal.SIGINT:
         assert proc.returncode == 130, err
         assert "interrupted after epoch" in out and "run the same command again to resume" in err
-        assert list(_runs(experiment)["status"]) == [schema.STATUS_KILLED]
+        assert list(benchmark_runs(experiment)["status"]) == [schema.STATUS_KILLED]
     else:
         assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-        assert list(_runs(experiment)["status"]) == [schema.STATUS_RUNNING]
+        assert list(benchmark_runs(experiment)["status"]) == [schema.STATUS_RUNNING]
 
     capsys.readouterr()
     assert main(_command(store, experiment)) == 0
     assert "resuming from epoch" in capsys.readouterr().out
-    runs = _runs(experiment)
+    runs = benchmark_runs(experiment)
     assert Counter(runs["status"]) == {schema.STATUS_FINISHED: 1, schema.STATUS_KILLED: 1}
     finished = runs[runs["status"] == schema.STATUS_FINISHED].iloc[0]
     reference, reference_losses = uninterrupted
@@ -293,12 +292,6 @@ def test_disk_full_at_a_checkpoint_fails_the_run_naming_the_file_and_the_rerun_r
     assert "resuming from epoch 1" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _mlflow_server(root: Path, port: int):
     """A real `mlflow server` on 127.0.0.1:port with a SQLite backend under root; stopped on exit."""
@@ -332,8 +325,9 @@ def _stop(server: subprocess.Popen) -> None:
     server.wait(timeout=30)
 
 
+@pytest.mark.slow  # a real MLflow server takes ~15 s to start on two cores; .ci/run runs it
 def test_server_stopped_mid_run_loses_nothing_and_sync_sends_it(tmp_path, monkeypatch, capsys):
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setenv(outbox.OUTBOX_ENV, str(tmp_path / "outbox"))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -386,7 +380,7 @@ def test_a_nan_run_fails_naming_the_epoch_and_the_sweep_goes_on(store, capsys):
     out = capsys.readouterr().out
     assert "1 finished, 0 skipped (already finished), 1 failed" in out
     assert "FAILED fcn-digits-dense-s0: NonFiniteLoss: loss is nan at epoch 1 (train)" in out
-    runs = _runs("nan-sweep")
+    runs = benchmark_runs("nan-sweep")
     failed = runs[runs["status"] == schema.STATUS_FAILED]
     assert len(failed) == 1 and "at epoch 1" in failed.iloc[0][f"tags.{schema.TAG_ERROR}"]
     assert (runs["status"] == schema.STATUS_FINISHED).sum() == 1
@@ -400,7 +394,7 @@ def test_two_concurrent_sweeps_never_run_a_run_twice(store):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [proc.communicate(timeout=240)[0] for proc in sweeps]
     assert [proc.returncode for proc in sweeps] == [0, 0], outputs
-    runs = _runs("concurrent")
+    runs = benchmark_runs("concurrent")
     # Each run of the grid exactly once, by one of the two: no duplicate, no leftover RUNNING or KILLED record.
     assert Counter(runs[f"tags.{schema.TAG_CONFIG_HASH}"]) == Counter(expected)
     assert set(runs["status"]) == {schema.STATUS_FINISHED}
@@ -416,7 +410,7 @@ def test_a_sweep_stops_at_once_when_the_tracking_server_goes_away(store, monkeyp
         calls.append(cfg)
         raise ConnectionError("tracking server http://127.0.0.1:9 unreachable: connection refused")
 
-    monkeypatch.setattr(pipeline, "execute", unreachable)
+    monkeypatch.setattr(worker, "execute", unreachable)
     assert main(["sweep", str(path)]) == 2
     assert len(calls) == 1  # the second run is not tried: it would fail the same way
     assert "lorita-bench: error: tracking server http://127.0.0.1:9 unreachable" in capsys.readouterr().err

@@ -9,9 +9,10 @@ import time
 import pandas as pd
 import pytest
 
-from benchmarks import schema, tracking
+from benchmarks import tracking
 from benchmarks.config import make_config
-from benchmarks.pipeline import execute
+from benchmarks.run.pipeline import execute
+from benchmarks.tracking import schema
 from reports import collect, figures, tables
 from reports.build import build_report
 
@@ -100,8 +101,9 @@ def test_table_numbers_are_the_runs_means(recorded, done, report):
     assert len(stats) == len(COMPRESSED) * len(TARGETS)
     tex = next(p for p in report[0].tables if p.name.startswith("results__") and "standalone" not in p.name)
     text = tex.read_text(encoding="utf-8")
+    method_of = dict(zip(done["label"], done["method"], strict=True))
     for row in stats.itertuples():
-        method = row.label.split(" ")[0]
+        method = method_of[row.label]
         expected = means.loc[(method, str(row.target))]
         assert row.acc_mean == pytest.approx(100 * expected[f"metrics.{schema.ACC_FINETUNED}"])
         assert row.flops_drop_mean == pytest.approx(100 * expected[f"metrics.{schema.FLOPS_DROP}"])
@@ -122,8 +124,9 @@ def test_best_per_column_is_bold(done):
             acc, flops, params)
     grid = tables.result_grid(runs, "bold")
     assert len(grid.sections) == len(TARGETS)
+    method_of = dict(zip(runs["label"], runs["method"], strict=True))
     for section in grid.sections:
-        bold = {row[0].split(" ")[0]: [cell.bold for cell in row[1:]] for row in section.rows}
+        bold = {method_of[row[0]]: [cell.bold for cell in row[1:]] for row in section.rows}
         # Columns: base, acc, delta, flops drop, params drop.
         assert bold["svd"] == [False, True, True, False, False]
         assert bold["lorita"] == [False, False, False, False, True]
@@ -143,7 +146,7 @@ def test_mixed_budgets_are_refused(done):
 
 def test_latex_escapes_specials(done):
     assert tables.latex_escape("group_norm 50% & $x") == r"group\_norm 50\% \& \$x"
-    runs = done.assign(label=done["label"].str.replace("l1", "group_norm"))
+    runs = done.assign(label=done["label"].str.replace("L1 norm", "group_norm"))
     latex = tables.latex_fragment(tables.result_grid(runs, "under_score"), "tab:x")
     assert r"group\_norm" in latex and r"under\_score" in latex
     body = latex.replace(r"\label{tab:x}", "")

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.config import ConfigError
-from benchmarks.reproduce import PAPER_DIR, block_sweep, blocks, reproduce
-from benchmarks.sweep import expand
+from benchmarks.sweeps.grid import expand
+from benchmarks.sweeps.reproduce import PAPER_DIR, block_sweep, blocks, reproduce
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 AUTHORS = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 128, "label_smoothing": 0.1,
@@ -60,7 +60,7 @@ def test_bad_preset_or_block_is_one_line():
 def test_image_folders_under_the_data_root_are_found(tmp_path):
     for split in ("train", "test"):
         (tmp_path / "cifar10-jpeg" / split / "cat").mkdir(parents=True)
-    from benchmarks.reproduce import _local_copy
+    from benchmarks.sweeps.reproduce import _local_copy
 
     assert _local_copy("cifar10", tmp_path) == {"name": f"imagefolder:{(tmp_path / 'cifar10-jpeg').resolve()}"}
     assert PAPER_DIR.is_dir()

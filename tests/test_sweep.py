@@ -9,25 +9,15 @@ import time
 from collections import Counter
 
 import pytest
-import yaml
+from support import write_sweep
 
-from benchmarks import schema, tracking
+from benchmarks import tracking
 from benchmarks.config import ConfigError
 from benchmarks.data import DataError
-from benchmarks.pipeline import trained_key
-from benchmarks.sweep import expand, load_sweep, parse_sweep, run_sweep
-
-# A run is a few seconds: 2 epochs of a 2-layer, 16-wide FCN on digits and 1 epoch of fine-tuning.
-TINY = {"models": [{"name": "fcn", "layers": 2, "width": 16}], "datasets": ["digits"],
-        "methods": ["dense", "svd", "lorita", "l1"], "factors": [2], "targets": {"flops_drop": [0.5]},
-        "seeds": [0], "budget": {"epochs": 2, "finetune_epochs": 1, "batch_size": 64, "lr": 0.05},
-        "device": "cpu"}
-
-
-def _write(store, name, **changes):
-    path = store / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "name": name, "cache_dir": str(store / "cache"), **changes}))
-    return str(path)
+from benchmarks.run.pipeline import trained_key
+from benchmarks.sweeps.driver import run_sweep
+from benchmarks.sweeps.grid import expand, load_sweep, parse_sweep
+from benchmarks.tracking import schema
 
 
 def _finished_hashes(experiment):
@@ -75,7 +65,7 @@ def test_repeated_axis_values_run_once():
     ({"models": [{"layers": 2}]}, "models[0] must be a model name"),
     ({"datasets": [{"name": "digits", "root": "x"}]}, "allowed: name, data_root"),
     ({"targets": {"flop_drop": [0.5]}}, "unknown key 'targets.flop_drop'; allowed: flops_drop, params_drop"),
-    ({"method_options": {"slim": {"reg": 1e-4}}}, "method_options.slim: not a method of this sweep"),
+    ({"method_options": {"slim": {"reg": 1e-4}}}, "unknown method of this sweep 'method_options.slim'"),
     ({"budget": {"lr": -1}}, "budget.lr must be a number > 0"),
     ({"budget": {"epochs": []}}, "budget.epochs is an empty list"),
     ({"methods": ["nope"]}, "method must be one of"),
@@ -96,12 +86,12 @@ def test_missing_targets_and_name_are_named():
 
 
 def test_bad_executor_jobs_or_dataset_fail_before_anything_runs(store):
-    path = _write(store, "early")
+    path = write_sweep(store, "early")
     with pytest.raises(ConfigError, match="executor must be one of local, ray; got 'slurm'"):
         run_sweep(path, executor="slurm")
     with pytest.raises(ConfigError, match="jobs must be an integer >= 1"):
         run_sweep(path, jobs=0)
-    missing = _write(store, "early", datasets=[{"name": "imagefolder:absent", "data_root": str(store)}])
+    missing = write_sweep(store, "early", datasets=[{"name": "imagefolder:absent", "data_root": str(store)}])
     with pytest.raises(DataError, match="missing folder"):
         run_sweep(missing)
     assert tracking.search_runs("early").empty
@@ -110,7 +100,7 @@ def test_bad_executor_jobs_or_dataset_fail_before_anything_runs(store):
 @pytest.fixture(scope="module")
 def sequential(store):
     """The tiny grid run once with one job: (path, exit code, its FINISHED config hashes)."""
-    path = _write(store, "tiny-seq")
+    path = write_sweep(store, "tiny-seq")
     return path, run_sweep(path), _finished_hashes("tiny-seq")
 
 
@@ -133,7 +123,7 @@ def test_sweep_runs_the_grid_and_a_rerun_adds_nothing(sequential, capsys):
 
 
 def test_failed_run_is_recorded_and_the_sweep_goes_on(store, capsys):
-    path = _write(store, "failing", methods=["dense", "svd"], targets={"flops_drop": [0.5, 0.99]})
+    path = write_sweep(store, "failing", methods=["dense", "svd"], targets={"flops_drop": [0.5, 0.99]})
     assert run_sweep(path) == 1
     out = capsys.readouterr().out
     assert "2 finished, 0 skipped (already finished), 1 failed" in out
@@ -146,7 +136,7 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(store, capsys):
 
 
 def test_killed_sweep_resumes_without_duplicates(store):
-    path = _write(store, "killed", methods=["dense", "svd", "l1", "group_norm", "random", "lorita"], seeds=[0, 1],
+    path = write_sweep(store, "killed", methods=["dense", "svd", "l1", "group_norm", "random", "lorita"], seeds=[0, 1],
                   cache_dir=str(store / "cache-killed"))
     expected = _hashes(path)
     # The real command line, killed for real.
@@ -171,7 +161,7 @@ def test_killed_sweep_resumes_without_duplicates(store):
 
 def test_parallel_jobs_finish_the_same_runs_with_latency(store, sequential):
     _, _, serial = sequential
-    path = _write(store, "tiny-par", cache_dir=str(store / "cache-par"))
+    path = write_sweep(store, "tiny-par", cache_dir=str(store / "cache-par"))
     assert run_sweep(path, jobs=2) == 0
     runs = tracking.search_runs("tiny-par", f"attributes.status = '{schema.STATUS_FINISHED}'")
     runs = runs[runs[f"tags.{schema.TAG_METHOD}"].notna()]

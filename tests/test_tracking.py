@@ -7,37 +7,22 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import json  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from support import free_port  # noqa: E402
 
-from benchmarks import schema, tracking  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One SQLite store for the module: creating one runs MLflow's migrations, several seconds."""
-    root = tmp_path_factory.mktemp("store")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'runs.db'}")
-        tracking.ensure_store()
-        yield root
+from benchmarks import tracking  # noqa: E402
+from benchmarks.tracking import schema  # noqa: E402
 
 
 @pytest.fixture
 def experiment(store, request):
     """A fresh experiment name per test, in the shared store."""
     return f"exp-{request.node.name}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_flatten_joins_nested_keys_and_stringifies():
@@ -173,7 +158,7 @@ def test_default_uri_is_sqlite_in_cwd(tmp_path, monkeypatch):
 
 def test_unreachable_server_fails_fast_in_one_line(monkeypatch):
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(ConnectionError) as caught:
         tracking.ensure_store(uri)
@@ -191,7 +176,7 @@ def test_ui_command_is_local_by_default(tmp_path, monkeypatch):
     assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'x.db'}"
     assert command[command.index("--artifacts-destination") + 1] == str(tmp_path / "mlartifacts")
     ran = []
-    monkeypatch.setattr(tracking.subprocess, "run", lambda cmd, check: ran.append(cmd))
+    monkeypatch.setattr(tracking.store.subprocess, "run", lambda cmd, check: ran.append(cmd))
     tracking.serve_ui()
     assert ran == [command]
     anywhere = tracking.ui_command("0.0.0.0", 8080)
@@ -216,7 +201,7 @@ def _listening_addresses(port: int) -> set[str]:
 @pytest.mark.slow  # an MLflow server takes ~20 s to start on two cores
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's socket table")
 def test_real_ui_listens_on_loopback_only(store):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         tracking.ui_command(port=port),
         stdout=subprocess.DEVNULL,

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.run.environment import cpu_model, resolve_device, synchronize
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -38,23 +40,10 @@ def setup(args: argparse.Namespace) -> argparse.Namespace:
 
 def device_arg(value: str) -> torch.device:
     """'cpu', 'cuda' or 'auto' (cuda when available) as a torch.device."""
-    if value == "auto":
-        value = "cuda" if torch.cuda.is_available() else "cpu"
-    if value.startswith("cuda") and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("cuda was asked for but torch.cuda.is_available() is False")
-    return torch.device(value)
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+        return resolve_device(value)
+    except (ValueError, RuntimeError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def machine() -> dict[str, Any]:
@@ -76,12 +65,6 @@ def machine_line(info: dict[str, Any]) -> str:
             f"torch {info['torch']}, GPU: {gpu}.")
 
 
-def sync(device: torch.device | str) -> None:
-    """Wait for queued GPU work so wall time covers it."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def interleaved(fns: Sequence[tuple[str, Callable[[], Any]]], *, warmup: int, repeats: int,
                 device: torch.device | str = "cpu") -> dict[str, list[float]]:
     """Seconds per call of each function, called round-robin in the given order; the first `warmup` rounds dropped.
@@ -91,10 +74,10 @@ def interleaved(fns: Sequence[tuple[str, Callable[[], Any]]], *, warmup: int, re
     times: dict[str, list[float]] = {key: [] for key, _ in fns}
     for index in range(warmup + repeats):
         for key, fn in fns:
-            sync(device)
+            synchronize(device)
             start = time.perf_counter()
             fn()
-            sync(device)
+            synchronize(device)
             if index >= warmup:
                 times[key].append(time.perf_counter() - start)
     return times

@@ -4,8 +4,8 @@ Per model (random init: only the shapes matter for speed) and FLOPs-drop target:
   dense       lorita.collapse(lorita.overparameterize(model, 3)): the structure LoRITa training ends with
   lorita      plan_ranks(dense, "flops_drop", t, classifier excluded) then lorita.factorize
   l1, ...     baselines.prune(dense, method, t, metric="flops") (classifier kept)
-Latency is benchmarks.measure.latency_ms (eval-mode forward, median after warm-up) at each batch size on the CPU and,
-when torch.cuda.is_available(), on the GPU; every variant is measured once per round, rounds repeated, median kept.
+Latency is benchmarks.run.measure.latency_ms (eval-mode forward, median after warm-up) at each batch size on the CPU
+and, when torch.cuda.is_available(), on the GPU; every variant is measured once per round, rounds repeated, median kept.
 measured speed-up = dense latency / latency; FLOPs speed-up = dense FLOPs / FLOPs (fvcore, batch 1).
 
     python -m benchmarks.perf.inference [--out DIR] [--quick] [--models ...] [--drops 0.5 0.7] [--devices cpu cuda]
@@ -20,9 +20,9 @@ import torch
 
 import baselines
 import lorita
-from benchmarks.measure import latency_ms
 from benchmarks.models import create_model
 from benchmarks.perf import common
+from benchmarks.run.measure import latency_ms
 
 NAME = "inference"
 MODELS: dict[str, tuple[int, int, int]] = {"vgg16": (3, 32, 32), "resnet20": (3, 32, 32), "fcn": (1, 28, 28)}

@@ -19,6 +19,7 @@ from torch import nn
 import lorita
 from benchmarks.models import create_model
 from benchmarks.perf import common
+from benchmarks.run.measure import training_step
 from lorita.compose import COMPOSED, ComposedConv2d, ComposedLinear, conv_output_size, set_mode
 from lorita.forward import probe
 
@@ -35,20 +36,6 @@ MODES = ("activation", "weight", "auto")
 TARGETS = {("resnet20", 3, "auto"): 1.05, ("vgg16", 3, "auto"): 1.15}
 TARGET_SETTING = ("cpu", 128)  # the targets are judged only at this (device type, batch)
 QUICK_MODELS = ("resnet20", "fcn")
-
-
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    """A closure doing one training step (forward, label-smoothed CE, backward, SGD step) on a fixed batch."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-    model.train()
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        criterion(model(x), y).backward()
-        optimizer.step()
-
-    return step
 
 
 def input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
@@ -100,12 +87,12 @@ def bench_model(name: str, *, batch: int, factors: list[int], modes: list[str], 
     x = torch.randn(batch, *in_shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     dense_macs = lorita.count_flops_params(dense, x[:1])[0] * batch  # fvcore's count is linear in the batch
-    dense_step = make_step(dense, x, y)
+    dense_step = training_step(dense, x, y)
     rows = []
     for n in factors:
         composed = lorita.overparameterize(dense, n, mode="auto")
         shapes = input_shapes(composed, x)
-        lorita_step = make_step(composed, x, y)
+        lorita_step = training_step(composed, x, y)
         for mode in modes:
             set_mode(composed, mode)
             times = common.interleaved([("dense", dense_step), ("lorita", lorita_step)], warmup=warmup,

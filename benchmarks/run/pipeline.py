@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
-import os
-import platform
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +14,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import lorita
-from benchmarks import checkpoints, methods, schema, tracking
-from benchmarks.config import RunConfig, config_to_dict, stable_hash
+from benchmarks import checkpoints, tracking
+from benchmarks.config import RunConfig, config_to_dict, identity, stable_hash
 from benchmarks.data import Dataset, batches, load_dataset
-from benchmarks.measure import keep_curve, latency_ms
+from benchmarks.errors import one_line
+from benchmarks.methods import Method, exclude_patterns, get_method, rebuild
+from benchmarks.methods.structure import DENSE, LOWRANK
 from benchmarks.models import create_model
-from benchmarks.train import Phase, evaluate, train
+from benchmarks.run.environment import check_writable, environment_tags, resolve_device
+from benchmarks.run.measure import keep_curve, latency_metrics
+from benchmarks.run.train import Phase, evaluate, train
+from benchmarks.tracking import schema
 
 # Budget fields that only shape fine-tuning: the trained model does not depend on them.
 FINETUNE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_schedule")
@@ -38,58 +38,10 @@ class RunResult:
 
     config: RunConfig
     run_id: str | None
-    status: str  # FINISHED, FAILED, KILLED or SKIPPED (already finished in the store)
+    status: str  # a schema status: FINISHED, FAILED, KILLED or SKIPPED (already finished in the store)
     metrics: dict[str, float] = field(default_factory=dict)
     cache_hit: bool = False
     error: str | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> the first GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"config: device {name!r} requested but no CUDA GPU is available; use auto or cpu")
-    return device
-
-
-def check_writable(path: str | Path) -> Path:
-    """Create `path` if needed and prove it is writable before any training starts."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise OSError(f"output directory {path} is not writable: {err.strerror}") from None
-    return path
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def environment_tags(device: torch.device) -> dict[str, str]:
-    """Where and with what a run ran."""
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {schema.TAG_GIT_COMMIT: _git_commit(), schema.TAG_TORCH_VERSION: torch.__version__,
-            schema.TAG_CPU_MODEL: _cpu_model(), schema.TAG_THREADS: str(torch.get_num_threads()),
-            schema.TAG_GPU_NAME: gpu}
 
 
 def _phase(cfg: RunConfig, data: Dataset, *, finetune: bool, epochs: int | None = None) -> Phase:
@@ -102,7 +54,7 @@ def _phase(cfg: RunConfig, data: Dataset, *, finetune: bool, epochs: int | None 
                  schedule=b.finetune_schedule if finetune else b.schedule, optimizer=b.optimizer,
                  momentum=b.momentum, weight_decay=b.weight_decay, label_smoothing=b.label_smoothing,
                  batch_size=b.batch_size, augment=augment, plateau_factor=b.plateau_factor,
-                 plateau_patience=b.plateau_patience, prefix="ft_" if finetune else "")
+                 plateau_patience=b.plateau_patience, metrics=schema.FINETUNING if finetune else schema.TRAINING)
 
 
 def _fresh_model(cfg: RunConfig, data: Dataset) -> nn.Module:
@@ -112,9 +64,9 @@ def _fresh_model(cfg: RunConfig, data: Dataset) -> nn.Module:
 
 def trained_key(cfg: RunConfig) -> str:
     """Cache identity of the trained model: everything upstream of training, nothing downstream."""
-    budget = {k: v for k, v in dataclasses.asdict(cfg.budget).items() if k not in FINETUNE_FIELDS}
+    budget = {k: v for k, v in identity(cfg.budget).items() if k not in FINETUNE_FIELDS}
     return stable_hash({"model": cfg.model, "model_kwargs": cfg.model_kwargs, "dataset": cfg.dataset,
-                        "budget": budget, "seed": cfg.seed, "mode": cfg.mode, **methods.training_family(cfg)})
+                        "budget": budget, "seed": cfg.seed, "mode": cfg.mode, **get_method(cfg.method).family(cfg)})
 
 
 def _cached(folder: Path, model: nn.Module) -> dict | None:
@@ -138,11 +90,12 @@ class Trained:
     cache_hit: bool
 
 
-def obtain_trained(cfg: RunConfig, data: Dataset, device: torch.device, log, log_history) -> Trained:
+def obtain_trained(cfg: RunConfig, method: Method, data: Dataset, device: torch.device, log,
+                   log_history) -> Trained:
     """The trained model from the cache, or trained now (resumable) and cached for every later target."""
     folder = Path(cfg.cache_dir) / "trained" / trained_key(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    model = methods.build_for_training(cfg, _fresh_model(cfg, data)).to(device)
+    model = method.build_for_training(cfg, _fresh_model(cfg, data)).to(device)
     # One process trains a given model; another asking for it waits, then reuses it.
     with FileLock(str(folder / ".lock")):
         meta = _cached(folder, model)
@@ -152,11 +105,11 @@ def obtain_trained(cfg: RunConfig, data: Dataset, device: torch.device, log, log
             return Trained(model.to(device), meta, cache_hit=True)
         checkpoints.require_space(folder, model)
         example = torch.zeros(2, *data.in_shape, device=device)
-        hook = methods.training_hook(cfg, model, example)
+        hook = method.training_hook(cfg, model, example)
         history = train(model, data, _phase(cfg, data, finetune=False), seed=cfg.seed,
                         checkpoint=folder / "checkpoint.pt", log=log, after_backward=hook, desc="train")
-        plain = methods.uncompressed(cfg, model)
-        exclude = methods.exclude_patterns(cfg, plain)
+        plain = method.uncompressed(cfg, model)
+        exclude = exclude_patterns(cfg, plain)
         meta = {"history": history, "train_time_s": sum(h.pop("epoch_time_s") for h in history),
                 "acc_trained": evaluate(model, data.test_x, data.test_y, data),
                 "acc_at_keep": keep_curve(plain, lambda m: evaluate(m, data.test_x, data.test_y, data), exclude),
@@ -179,8 +132,8 @@ def _split_epochs(total: int, steps: int) -> list[int]:
     return [total // steps + (1 if i < total % steps else 0) for i in range(steps)]
 
 
-def compress_and_finetune(cfg: RunConfig, data: Dataset, base: nn.Module, device: torch.device, log,
-                          reference: tuple[int, int]) -> tuple[nn.Module, dict, float]:
+def compress_and_finetune(cfg: RunConfig, method: Method, data: Dataset, base: nn.Module, device: torch.device,
+                          log, reference: tuple[int, int]) -> tuple[nn.Module, dict, float]:
     """Compress to the target in `steps` rounds, fine-tuning between them within the one fine-tune budget.
 
     `reference` is the uncompressed model's (FLOPs, params): every round's drop is measured against it.
@@ -188,12 +141,12 @@ def compress_and_finetune(cfg: RunConfig, data: Dataset, base: nn.Module, device
     example = torch.zeros(1, *data.in_shape, device=device)
     folder = check_writable(finetune_dir(cfg))
     checkpoints.require_space(folder, base)
-    steps = methods.prune_steps(cfg)
+    steps = method.steps(cfg)
     train_batches = _criterion_batches(cfg, data)
     model, structure, acc_compressed, done = base, {}, float("nan"), 0
     for i, epochs in enumerate(_split_epochs(cfg.budget.finetune_epochs, steps), 1):
-        model, structure = methods.compress(cfg, copy.deepcopy(model), target=cfg.target * i / steps,
-                                            reference=reference, example=example, train_batches=train_batches)
+        model, structure = method.compress(cfg, copy.deepcopy(model), target=cfg.target * i / steps,
+                                           reference=reference, example=example, train_batches=train_batches)
         model = model.to(device)
         acc_compressed = evaluate(model, data.test_x, data.test_y, data)
         train(model, data, _phase(cfg, data, finetune=True, epochs=epochs), seed=cfg.seed + i,
@@ -217,16 +170,6 @@ def _measure_size(model: nn.Module, data: Dataset, device: torch.device) -> tupl
     return lorita.count_flops_params(model, torch.zeros(1, *data.in_shape, device=device))
 
 
-def measure_latency(model: nn.Module, in_shape: tuple[int, ...], device: torch.device) -> dict[str, float]:
-    """Median forward latency at batch 1 and 128 on the CPU, and on the GPU when the run has one."""
-    out = {schema.LATENCY_MS_B1: latency_ms(model, in_shape, 1, torch.device("cpu")),
-           schema.LATENCY_MS_B128: latency_ms(model, in_shape, 128, torch.device("cpu"))}
-    if device.type == "cuda":
-        out[schema.LATENCY_MS_B1_GPU] = latency_ms(model, in_shape, 1, device)
-        out[schema.LATENCY_MS_B128_GPU] = latency_ms(model, in_shape, 128, device)
-    return out
-
-
 def run_tags(cfg: RunConfig, device: torch.device) -> dict[str, str]:
     """Tags identifying the run and its comparison group."""
     return {schema.TAG_METHOD: cfg.method, schema.TAG_MODEL: cfg.model, schema.TAG_DATASET: cfg.dataset,
@@ -237,7 +180,7 @@ def run_tags(cfg: RunConfig, device: torch.device) -> dict[str, str]:
 def run_name(cfg: RunConfig) -> str:
     """Human-readable run name: model-dataset-method[-factors][-target]-seed."""
     parts = [cfg.model, cfg.dataset.split("/")[-1], cfg.method]
-    if cfg.method == "lorita":
+    if get_method(cfg.method).composes:
         parts.append(f"N{cfg.factors}")
     if cfg.target is not None:
         parts.append(f"{cfg.target_metric.removesuffix('_drop')}{cfg.target:g}")
@@ -247,7 +190,8 @@ def run_name(cfg: RunConfig) -> str:
 def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = False, latency: bool = True,
             tags: dict[str, str] | None = None) -> RunResult:
     """Run one benchmark end to end and record it; a failure is recorded FAILED and re-raised."""
-    cfg = methods.resolve(cfg)
+    method = get_method(cfg.method)
+    cfg = method.resolve(cfg)
     device = resolve_device(cfg.device)
     claims = check_writable(Path(cfg.cache_dir) / "claims")
     tracking.ensure_store()
@@ -258,20 +202,20 @@ def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = F
         claim.acquire(timeout=0)
     except Timeout:
         tqdm.write(f"{run_name(cfg)} is being run by another process: skipped")
-        return RunResult(cfg, None, "SKIPPED")
+        return RunResult(cfg, None, schema.STATUS_SKIPPED)
     try:
-        return _claimed(cfg, device, parent_run_id=parent_run_id, force=force, latency=latency, tags=tags)
+        return _claimed(cfg, method, device, parent_run_id=parent_run_id, force=force, latency=latency, tags=tags)
     finally:
         claim.release()
 
 
-def _claimed(cfg: RunConfig, device: torch.device, *, parent_run_id: str | None, force: bool, latency: bool,
-             tags: dict[str, str] | None) -> RunResult:
+def _claimed(cfg: RunConfig, method: Method, device: torch.device, *, parent_run_id: str | None, force: bool,
+             latency: bool, tags: dict[str, str] | None) -> RunResult:
     if not force:
         existing = tracking.find_run(cfg.experiment, cfg.config_hash())
         if existing is not None:
             tqdm.write(f"already finished in the store as run {existing}: skipped (use --force to run again)")
-            return RunResult(cfg, existing, "SKIPPED")
+            return RunResult(cfg, existing, schema.STATUS_SKIPPED)
     else:
         shutil.rmtree(finetune_dir(cfg), ignore_errors=True)
     # RUNNING runs of this config whose process held no claim died (SIGKILL, power loss): close them, so the
@@ -288,29 +232,30 @@ def _claimed(cfg: RunConfig, device: torch.device, *, parent_run_id: str | None,
         tracking.log_metrics(run_id, metrics, step=step)
 
     try:
-        result = _stages(cfg, data, device, run_id, log, latency)
+        result = _stages(cfg, method, data, device, run_id, log, latency)
     except KeyboardInterrupt:
-        tracking.end_run(run_id, "KILLED", error="interrupted")
+        tracking.end_run(run_id, schema.STATUS_KILLED, error="interrupted")
         raise
     except BaseException as err:
-        tracking.end_run(run_id, "FAILED", error=f"{type(err).__name__}: {err}")
+        tracking.end_run(run_id, schema.STATUS_FAILED, error=one_line(err, kind=True))
         raise
-    tracking.end_run(run_id, "FINISHED")
+    tracking.end_run(run_id, schema.STATUS_FINISHED)
     # Finished: a later --force run (or the same config in another experiment) must fine-tune afresh.
     shutil.rmtree(finetune_dir(cfg), ignore_errors=True)
     return result
 
 
-def _stages(cfg: RunConfig, data: Dataset, device: torch.device, run_id: str, log, latency: bool) -> RunResult:
-    trained = obtain_trained(cfg, data, device, log, lambda history: tracking.log_history(run_id, history))
+def _stages(cfg: RunConfig, method: Method, data: Dataset, device: torch.device, run_id: str, log,
+            latency: bool) -> RunResult:
+    trained = obtain_trained(cfg, method, data, device, log, lambda history: tracking.log_history(run_id, history))
     tracking.set_tags(run_id, {schema.TAG_CACHE_HIT: "true" if trained.cache_hit else "false"})
-    base = methods.uncompressed(cfg, trained.model)
+    base = method.uncompressed(cfg, trained.model)
     flops_base, params_base = _measure_size(base, data, device)
     acc_trained = trained.meta["acc_trained"]
-    if cfg.method == "dense":
-        final, structure, acc_compressed, acc_finetuned = base, {"kind": "dense"}, acc_trained, acc_trained
+    if not method.compresses:
+        final, structure, acc_compressed, acc_finetuned = base, {"kind": DENSE}, acc_trained, acc_trained
     else:
-        final, structure, acc_compressed = compress_and_finetune(cfg, data, base, device, log,
+        final, structure, acc_compressed = compress_and_finetune(cfg, method, data, base, device, log,
                                                                  (flops_base, params_base))
         acc_finetuned = evaluate(final, data.test_x, data.test_y, data)
     flops, params = _measure_size(final, data, device)
@@ -320,15 +265,15 @@ def _stages(cfg: RunConfig, data: Dataset, device: torch.device, run_id: str, lo
                schema.FLOPS_DROP: 1 - flops / flops_base, schema.PARAMS_DROP: 1 - params / params_base,
                schema.TRAIN_TIME_S: trained.meta["train_time_s"]}
     if latency:
-        metrics.update(measure_latency(final, data.in_shape, device))
+        metrics.update(latency_metrics(final, data.in_shape, device))
     tracking.log_metrics(run_id, metrics)
     tracking.log_series(run_id, schema.ACC_AT_KEEP, {int(k): v for k, v in trained.meta["acc_at_keep"].items()})
     tracking.log_json(run_id, schema.ARTIFACT_SPECTRA, trained.meta["spectra"])
-    if structure.get("kind") == "lowrank":
+    if structure.get("kind") == LOWRANK:
         tracking.log_json(run_id, schema.ARTIFACT_RANKS, structure["ranks"])
     structure = {**structure, "num_classes": data.num_classes, "in_shape": list(data.in_shape)}
     tracking.log_state(run_id, {k: v.cpu() for k, v in final.state_dict().items()}, structure)
-    return RunResult(cfg, run_id, "FINISHED", metrics, cache_hit=trained.cache_hit)
+    return RunResult(cfg, run_id, schema.STATUS_FINISHED, metrics, cache_hit=trained.cache_hit)
 
 
 def load_model(run_id: str) -> nn.Module:
@@ -338,6 +283,6 @@ def load_model(run_id: str) -> nn.Module:
     cfg_dict.pop("budget", None)
     model = create_model(cfg_dict["model"], structure["num_classes"], tuple(structure["in_shape"]),
                          **cfg_dict["model_kwargs"])
-    model = methods.rebuild(model, structure)
+    model = rebuild(model, structure)
     model.load_state_dict(state)
     return model.eval()

@@ -12,9 +12,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmarks import checkpoints, interrupts
+from benchmarks import checkpoints
 from benchmarks.checkpoints import UnusableFile
 from benchmarks.data import Dataset, batches
+from benchmarks.run import interrupts
+from benchmarks.tracking import schema
+from lorita.forward import evaluating
 
 MetricLogger = Callable[[dict[str, float], int], None]
 
@@ -38,7 +41,7 @@ class Phase:
     augment: bool
     plateau_factor: float = 0.1
     plateau_patience: int = 15
-    prefix: str = ""  # "" for training, "ft_" for fine-tuning metric names
+    metrics: schema.EpochMetrics = schema.TRAINING  # the names its epochs are logged under
 
 
 def make_optimizer(model: nn.Module, phase: Phase) -> torch.optim.Optimizer:
@@ -69,12 +72,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Dataset, 
     """Top-1 accuracy of `model` (eval mode) on uint8 images `x`."""
     if len(y) == 0:
         return float("nan")
-    was_training = model.training
-    model.eval()
     correct = 0
-    for inputs, labels in batches(x, y, batch_size, mean=data.mean, std=data.std, augment=False, shuffle=False):
-        correct += (model(inputs).argmax(1) == labels).sum().item()
-    model.train(was_training)
+    with evaluating(model):
+        for inputs, labels in batches(x, y, batch_size, mean=data.mean, std=data.std, augment=False, shuffle=False):
+            correct += (model(inputs).argmax(1) == labels).sum().item()
     return correct / len(y)
 
 
@@ -112,7 +113,7 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
           desc: str = "train") -> list[dict[str, float]]:
     """Train `model` in place for the phase; returns per-epoch metrics (and `epoch_time_s`, the optimization time).
 
-    Saves `checkpoint` after every epoch and resumes from it. After a Ctrl-C (with `benchmarks.interrupts`
+    Saves `checkpoint` after every epoch and resumes from it. After a Ctrl-C (with `benchmarks.run.interrupts`
     installed) the current batch finishes, the checkpoint is saved there and KeyboardInterrupt is raised; the
     resumed run then ends with exactly the numbers of an uninterrupted one.
     """
@@ -143,7 +144,7 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
         tqdm.write(f"interrupted after {where}" + (f" (checkpoint {checkpoint})" if checkpoint is not None else ""))
         raise KeyboardInterrupt
 
-    pre = phase.prefix
+    names = phase.metrics
     steps = math.ceil(len(data.train_y) / phase.batch_size)
     epochs = tqdm(range(start, phase.epochs), desc=desc, initial=start, total=phase.epochs, unit="epoch",
                   leave=False, dynamic_ncols=True)
@@ -179,19 +180,19 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
             done, sums, elapsed = 0, (0.0, 0, 0), 0.0
             # Optimization only: evaluation and logging are the same for every method and would blur the ratio.
             epoch_time = time.perf_counter() - started
-            metrics = {f"{pre}train_loss": loss_sum / seen, f"{pre}train_acc": correct / seen,
-                       f"{pre}lr": optimizer.param_groups[0]["lr"],
-                       f"{pre}test_acc": evaluate(model, data.test_x, data.test_y, data)}
+            metrics = {names.train_loss: loss_sum / seen, names.train_acc: correct / seen,
+                       names.lr: optimizer.param_groups[0]["lr"],
+                       names.test_acc: evaluate(model, data.test_x, data.test_y, data)}
             if len(data.val_y):
-                metrics[f"{pre}val_acc"] = evaluate(model, data.val_x, data.val_y, data)
+                metrics[names.val_acc] = evaluate(model, data.val_x, data.val_y, data)
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(metrics[f"{pre}train_acc"])
+                scheduler.step(metrics[names.train_acc])
             else:
                 scheduler.step()
             history.append({**metrics, "epoch_time_s": epoch_time})
             if log is not None:
                 log(metrics, epoch + 1)
-            epochs.set_postfix(loss=f"{metrics[f'{pre}train_loss']:.3f}", acc=f"{metrics[f'{pre}test_acc']:.3f}")
+            epochs.set_postfix(loss=f"{metrics[names.train_loss]:.3f}", acc=f"{metrics[names.test_acc]:.3f}")
             if checkpoint is not None:
                 save(epoch + 1, 0, order.get_state(), sums, 0.0)
             if interrupts.requested():  # it came during evaluation: the epoch's checkpoint is the resume point

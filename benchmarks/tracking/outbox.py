@@ -17,10 +17,11 @@ from typing import Any
 
 from filelock import FileLock
 
+from benchmarks.config import DEFAULT_CACHE_DIR
 from benchmarks.files import write_atomic
 
 OUTBOX_ENV = "LORITA_BENCH_OUTBOX"
-DEFAULT_FOLDER = Path(".cache") / "lorita-bench" / "outbox"
+DEFAULT_FOLDER = Path(DEFAULT_CACHE_DIR) / "outbox"
 
 
 def folder() -> Path:

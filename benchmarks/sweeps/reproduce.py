@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import lorita
 from benchmarks.config import ConfigError, RunConfig, load_yaml
 from benchmarks.data import DataError, check_available, load_dataset
+from benchmarks.methods import get_method
 from benchmarks.models import create_model
-from benchmarks.pipeline import resolve_device, trained_key
-from benchmarks.sweep import Sweep, expand, parse_sweep, run_grid
+from benchmarks.run.environment import resolve_device
+from benchmarks.run.measure import step_seconds, training_step
+from benchmarks.run.pipeline import trained_key
+from benchmarks.sweeps.driver import run_grid
+from benchmarks.sweeps.grid import Sweep, expand, parse_sweep
 
-PAPER_DIR = Path(__file__).parent / "configs" / "paper"
+PAPER_DIR = Path(__file__).parent.parent / "configs" / "paper"
 # How much each preset divides the budget's epoch counts (and the plateau patience with them).
 PRESETS = {"paper": 1, "short": 20}
 _SCALED = ("epochs", "finetune_epochs", "plateau_patience")
-# Timed training steps per model when estimating (after one warm-up step).
-_TIMED_STEPS = 3
 
 
 def blocks() -> list[str]:
@@ -85,20 +84,9 @@ def _step_seconds(cfg: RunConfig, factors: int, in_shape: tuple[int, ...], num_c
     device = resolve_device(cfg.device)
     torch.manual_seed(0)
     model = lorita.overparameterize(create_model(cfg.model, num_classes, in_shape, **cfg.model_kwargs), factors)
-    model = model.to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(cfg.budget.batch_size, *in_shape, device=device)
     y = torch.randint(0, num_classes, (cfg.budget.batch_size,), device=device)
-    times = []
-    for _ in range(_TIMED_STEPS + 1):
-        started = time.perf_counter()
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+    return step_seconds(training_step(model.to(device), x, y), device)
 
 
 def estimate(sweep: Sweep) -> Estimate:
@@ -123,7 +111,7 @@ def estimate(sweep: Sweep) -> Estimate:
         if trained_key(cfg) not in trained:
             trained.add(trained_key(cfg))
             seconds += cost(cfg, cfg.factors) * cfg.budget.epochs
-        if cfg.method != "dense":
+        if get_method(cfg.method).compresses:
             # A compressed model fine-tunes at most as slowly as the dense one trains.
             seconds += cost(cfg, 1) * cfg.budget.finetune_epochs
     return Estimate(len(runs), len(trained), seconds)

@@ -1,7 +1,7 @@
 """`lorita-bench sweep --executor ray`: a sweep's pending runs as Ray tasks, on a local instance or a cluster.
 
 Ray is an optional extra (pip install -e '.[ray]'): it is imported here only, and only when a sweep asks for
-it. Each task runs sweep._run_one, so a run skips, resumes, claims and fails exactly as with the local
+it. Each task runs the sweep worker's run_one, so a run skips, resumes, claims and fails exactly as with the local
 executor; the driver submits every run once and gathers the results.
 """
 
@@ -15,10 +15,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from benchmarks import outbox, schema, tracking
+from benchmarks import tracking
 from benchmarks.config import ConfigError, RunConfig
-from benchmarks.pipeline import RunResult, run_name
-from benchmarks.sweep import _groups, _init_worker, _one_line, _run_one, _worker_env
+from benchmarks.errors import one_line
+from benchmarks.run.pipeline import RunResult, run_name
+from benchmarks.sweeps.schedule import producers_first
+from benchmarks.sweeps.worker import init_worker, run_one, worker_env
+from benchmarks.tracking import outbox, schema
 
 # Seconds a Ctrl-C waits for the cancelled runs to record themselves KILLED before the driver lets them go.
 _CANCEL_GRACE_S = 10
@@ -90,7 +93,7 @@ def _env(threads: int) -> dict[str, str]:
     settings = {key: value for key, value in os.environ.items() if key.startswith(("MLFLOW_", "LORITA_BENCH_"))}
     # The outbox resolved on the driver, like the cache: a worker on another node has another working directory.
     return {**settings, "MLFLOW_TRACKING_URI": _absolute_uri(tracking.tracking_uri()),
-            outbox.OUTBOX_ENV: str(outbox.folder()), **_worker_env(threads)}
+            outbox.OUTBOX_ENV: str(outbox.folder()), **worker_env(threads)}
 
 
 def _absolute_paths(cfg: RunConfig) -> RunConfig:
@@ -101,8 +104,8 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
 
 def _run_task(cfg: RunConfig, parent_run_id: str, threads: int) -> RunResult:
     """One run in a Ray worker, set up as a --jobs worker is (a cancel then finishes the batch and checkpoints)."""
-    _init_worker(threads)
-    return _run_one(cfg, parent_run_id, False)  # latency: measured by the driver afterwards
+    init_worker(threads)
+    return run_one(cfg, parent_run_id, False)  # latency: measured by the driver afterwards
 
 
 def _result(ray: Any, ref: Any, cfg: RunConfig) -> RunResult:
@@ -111,7 +114,7 @@ def _result(ray: Any, ref: Any, cfg: RunConfig) -> RunResult:
     except ray.exceptions.RayError as err:
         # The task did not return: its worker or node died, or it was cancelled. A run it left RUNNING is
         # closed KILLED by the next sweep that runs this config (its claim died with the worker).
-        return RunResult(cfg, None, schema.STATUS_FAILED, error=_one_line(getattr(err, "cause", None) or err))
+        return RunResult(cfg, None, schema.STATUS_FAILED, error=one_line(getattr(err, "cause", None) or err, kind=True))
 
 
 def run_on_ray(pending: list[RunConfig], parent_run_id: str, results: list[RunResult], bar: tqdm, *,
@@ -155,17 +158,17 @@ def _submit_and_wait(ray: Any, pending: list[RunConfig], parent_run_id: str, res
         task = tasks[0 if cfg.device == "cpu" else gpus]
         return task.options(name=run_name(cfg)).remote(cfg, parent_run_id, cpus)
 
-    # Producers first, as in sweep._run_parallel: a group's other runs follow once its model is cached.
-    waiting = {submit(group[0]): (group[0], group[1:]) for group in _groups(pending)}
+    def wait_any(refs: list) -> list:
+        bar.set_postfix_str(f"{len(refs)} running or queued")
+        return ray.wait(refs, num_returns=1)[0]
+
+    def done(result: RunResult) -> None:
+        results.append(result)
+        bar.update()
+
+    waiting: dict = {}
     try:
-        while waiting:
-            bar.set_postfix_str(f"{len(waiting)} running or queued")
-            done, _ = ray.wait(list(waiting), num_returns=1)
-            for ref in done:
-                cfg, rest = waiting.pop(ref)
-                results.append(_result(ray, ref, cfg))
-                bar.update()
-                waiting.update({submit(other): (other, []) for other in rest})
+        producers_first(pending, submit, wait_any, lambda ref, cfg: _result(ray, ref, cfg), done, waiting)
     except KeyboardInterrupt:
         # A running task is interrupted as by Ctrl-C (its run is recorded KILLED); a queued one never starts.
         for ref in waiting:

@@ -7,26 +7,32 @@ In search results (``tracking.search_runs``) each name appears as a column prefi
 ``params.<key>``, ``metrics.<name>``, ``tags.<name>``.
 """
 
+import dataclasses
+from dataclasses import dataclass
+
 # --- Params -------------------------------------------------------------------------------------------
 # A run's params are its whole config, flattened: nested keys joined by this separator (e.g. the config
-# entry ``train: {lr: 0.1}`` becomes the param ``train.lr``); lists are stored as JSON strings.
+# entry ``budget: {lr: 0.1}`` becomes the param ``budget.lr``); lists are stored as JSON strings.
 PARAM_KEY_SEP = "."
 
-# --- Per-epoch metrics, step = epoch -------------------------------------------------------------------
-TRAIN_LOSS = "train_loss"
-TRAIN_ACC = "train_acc"
-TEST_ACC = "test_acc"
-LR = "lr"
-VAL_ACC = "val_acc"
-EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACC, TEST_ACC, LR, VAL_ACC)
 
+# --- Per-epoch metrics, step = epoch -------------------------------------------------------------------
+@dataclass(frozen=True)
+class EpochMetrics:
+    """The names one training phase logs each epoch (benchmarks.run.train writes exactly these)."""
+
+    train_loss: str
+    train_acc: str
+    test_acc: str
+    lr: str
+    val_acc: str  # only when the budget holds out a validation split
+
+
+TRAINING = EpochMetrics("train_loss", "train_acc", "test_acc", "lr", "val_acc")
 # Fine-tuning after compression: the same quantities, step = fine-tuning epoch.
-FT_TRAIN_LOSS = "ft_train_loss"
-FT_TRAIN_ACC = "ft_train_acc"
-FT_TEST_ACC = "ft_test_acc"
-FT_LR = "ft_lr"
-FT_VAL_ACC = "ft_val_acc"
-FT_EPOCH_METRICS = (FT_TRAIN_LOSS, FT_TRAIN_ACC, FT_TEST_ACC, FT_LR, FT_VAL_ACC)
+FINETUNING = EpochMetrics("ft_train_loss", "ft_train_acc", "ft_test_acc", "ft_lr", "ft_val_acc")
+TRAIN_LOSS, TRAIN_ACC, TEST_ACC, LR, VAL_ACC = dataclasses.astuple(TRAINING)
+FT_TRAIN_LOSS, FT_TRAIN_ACC, FT_TEST_ACC, FT_LR, FT_VAL_ACC = dataclasses.astuple(FINETUNING)
 
 # --- Series --------------------------------------------------------------------------------------------
 # Test accuracy of the truncated model, step = percent of singular values kept.
@@ -47,22 +53,6 @@ LATENCY_MS_B128 = "latency_ms_b128"  # CPU, batch size 128
 LATENCY_MS_B1_GPU = "latency_ms_b1_gpu"
 LATENCY_MS_B128_GPU = "latency_ms_b128_gpu"
 TRAIN_TIME_S = "train_time_s"
-FINAL_METRICS = (
-    ACC_TRAINED,
-    ACC_COMPRESSED,
-    ACC_FINETUNED,
-    FLOPS,
-    PARAMS,
-    FLOPS_BASE,
-    PARAMS_BASE,
-    FLOPS_DROP,
-    PARAMS_DROP,
-    LATENCY_MS_B1,
-    LATENCY_MS_B128,
-    LATENCY_MS_B1_GPU,
-    LATENCY_MS_B128_GPU,
-    TRAIN_TIME_S,
-)
 
 # --- Tags (string values; booleans are written "true"/"false", a None value is not written) -------------
 TAG_METHOD = "method"
@@ -80,22 +70,6 @@ TAG_CACHE_HIT = "cache_hit"  # "true" when the trained model came from the cache
 TAG_ERROR = "error"  # message of a FAILED run
 TAG_SWEEP = "sweep"  # name of the sweep, on the sweep's parent run and on each of its runs
 TAG_GRID_HASH = "sweep_grid_hash"  # on a sweep's parent run: hash of its grid, so a rerun reuses the parent
-TAGS = (
-    TAG_METHOD,
-    TAG_MODEL,
-    TAG_DATASET,
-    TAG_FACTORS,
-    TAG_BUDGET_HASH,
-    TAG_CONFIG_HASH,
-    TAG_GIT_COMMIT,
-    TAG_TORCH_VERSION,
-    TAG_CPU_MODEL,
-    TAG_THREADS,
-    TAG_GPU_NAME,
-    TAG_CACHE_HIT,
-    TAG_ERROR,
-    TAG_SWEEP,
-)
 # MLflow's own tags, set by tracking.start_run; listed here for filters and report columns.
 TAG_RUN_NAME = "mlflow.runName"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"  # the MLflow UI nests a run under this parent
@@ -107,10 +81,11 @@ ARTIFACT_STRUCTURE = "structure.json"  # what rebuilding the compressed model ne
 ARTIFACT_SPECTRA = "spectra.json"  # per-layer singular values of the trained model
 ARTIFACT_MODEL = "model.pt"  # final state dict (torch.save; load with weights_only=True)
 ARTIFACT_SWEEP = "sweep.yaml"  # on a sweep's parent run: the sweep file
-ARTIFACTS = (ARTIFACT_CONFIG, ARTIFACT_RANKS, ARTIFACT_STRUCTURE, ARTIFACT_SPECTRA, ARTIFACT_MODEL)
 
 # --- Run statuses (MLflow's names, as in the ``status`` column and ``attributes.status`` filters) ---------
 STATUS_RUNNING = "RUNNING"
 STATUS_FINISHED = "FINISHED"
 STATUS_FAILED = "FAILED"
 STATUS_KILLED = "KILLED"
+# Not MLflow's: what a sweep or `run` says of a config it did not run because the store already holds it FINISHED.
+STATUS_SKIPPED = "SKIPPED"

@@ -1,0 +1,75 @@
+"""Every structured-pruning criterion of `baselines` as a method: its options, regularized training, pruning."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+import baselines
+from benchmarks.config import RunConfig
+from benchmarks.methods.registry import Method, Option, StepHook, register
+from benchmarks.methods.structure import PRUNED
+
+
+def _positive_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _real_in(low: float, high: float):
+    return lambda v: not isinstance(v, bool) and isinstance(v, int | float) and low < v <= high
+
+
+# Options every criterion accepts; steps and reg shape the harness's schedule and training, the rest go to prune.
+_OPTIONS = {
+    "scope": Option("one of global, uniform", lambda v: v in ("global", "uniform")),
+    "steps": Option("an integer >= 1", _positive_int),
+    "max_ratio": Option("a number in (0, 1]", _real_in(0.0, 1.0)),
+    "prune_heads": Option("true or false", lambda v: isinstance(v, bool)),
+    "grad_batches": Option("an integer >= 1", _positive_int),
+}
+# A regularizer's strength: tuned like a learning rate, as its design has it.
+_REG = Option("a number > 0", _real_in(0.0, float("inf")), tunable=True)
+# Harness-side options, not passed to baselines.prune.
+_HARNESS_OPTIONS = ("steps", "reg")
+
+
+def _steps(cfg: RunConfig) -> int:
+    return cfg.method_options.get("steps", 1)
+
+
+def _regularized_family(cfg: RunConfig) -> dict:
+    # The regularized model depends on its strength; post-training criteria start from the dense model.
+    return {"family": cfg.method, "reg": cfg.method_options.get("reg")}
+
+
+def _hook(cfg: RunConfig, model: nn.Module, example: torch.Tensor) -> StepHook | None:
+    options = {"reg": cfg.method_options["reg"]} if "reg" in cfg.method_options else {}
+    return baselines.sparsity_regularizer(model, cfg.method, example_input=example, **options)
+
+
+def _compress(cfg: RunConfig, model: nn.Module, *, target: float, reference: tuple[int, int],
+              example: torch.Tensor, train_batches: Iterable) -> tuple[nn.Module, dict]:
+    options = {k: v for k, v in cfg.method_options.items() if k not in _HARNESS_OPTIONS}
+    ignored = [] if cfg.exclude is None else list(cfg.exclude)
+    pruned = baselines.prune(model, cfg.method, target, metric=cfg.target_metric.removesuffix("_drop"),
+                             example_input=example, train_batches=train_batches, reference=reference, seed=cfg.seed,
+                             ignored_layers=ignored, **options)
+    return pruned, {"kind": PRUNED, "layers": baselines.pruned_structure(pruned)}
+
+
+def _options(spec: baselines.MethodSpec) -> dict[str, Option]:
+    keys = ["scope", "steps", *(["reg"] if spec.regularized_training else []), "max_ratio", "prune_heads",
+            "grad_batches"]
+    return {key: _REG if key == "reg" else _OPTIONS[key] for key in keys}
+
+
+def _method(spec: baselines.MethodSpec) -> Method:
+    return Method(name=spec.name, description=spec.description, citation=spec.citation, label=spec.label,
+                  compresses=True, report_rank=3, plain_training=not spec.regularized_training,
+                  options=_options(spec), steps=_steps, compress=_compress,
+                  **({"family": _regularized_family, "training_hook": _hook} if spec.regularized_training else {}))
+
+
+PRUNING = [register(_method(spec)) for spec in baselines.METHODS.values()]

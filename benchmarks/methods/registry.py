@@ -1,0 +1,142 @@
+"""What a method is, and the registry every method enters where it is defined.
+
+A method is one `Method` object holding everything that varies by method: its name, description, citation
+and report label, whether it compresses, its options and their checks, how it trains, recovers and compresses.
+The pipeline, sweeps and reports ask the object; none of them looks at a method's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.config import BUDGET_FIELDS, ConfigError, RunConfig, check_keys
+
+# A per-step hook run after loss.backward() and before optimizer.step() (a sparsity regularizer).
+StepHook = Callable[[], None]
+# compress(cfg, model, target=, reference=, example=, train_batches=) -> (compressed model, structure)
+Compress = Callable[..., tuple[nn.Module, dict]]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One method option: what it allows (for the error message), its check, and whether tuning may search it."""
+
+    allowed: str
+    ok: Callable[[Any], bool]
+    tunable: bool = False
+
+
+def _same(cfg: RunConfig, model: nn.Module) -> nn.Module:
+    return model
+
+
+def _no_hook(cfg: RunConfig, model: nn.Module, example: torch.Tensor) -> StepHook | None:
+    return None
+
+
+def _one_step(cfg: RunConfig) -> int:
+    return 1
+
+
+def _dense_family(cfg: RunConfig) -> dict:
+    return {"family": "dense"}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registered method.
+
+    label: what every report prints ("LoRITa", "L1 norm"); `display_label` adds N and non-default options.
+    compresses: False for the uncompressed reference (no target, no fine-tuning). composes: the method trains
+    layers as products of `factors` maps (factors above 1 allowed). plain_training: the trained model is the
+    network trained with the budget alone (at its factors), the reference of spectra and training-time ratios.
+    report_rank: where the method's rows and lines come in reports (lower first).
+    family: the cache identity of the trained model beyond model, data, budget and seed; methods with equal
+    families share one trained model.
+    """
+
+    name: str
+    description: str
+    citation: str
+    label: str
+    compresses: bool
+    report_rank: int
+    composes: bool = False
+    default_factors: int = 1
+    plain_training: bool = True
+    options: Mapping[str, Option] = field(default_factory=dict)
+    family: Callable[[RunConfig], dict] = _dense_family
+    build_for_training: Callable[[RunConfig, nn.Module], nn.Module] = _same
+    training_hook: Callable[[RunConfig, nn.Module, torch.Tensor], StepHook | None] = _no_hook
+    uncompressed: Callable[[RunConfig, nn.Module], nn.Module] = _same
+    steps: Callable[[RunConfig], int] = _one_step
+    compress: Compress | None = None
+
+    @property
+    def tunable(self) -> tuple[str, ...]:
+        """The option keys a tuning stage may search."""
+        return tuple(key for key, option in self.options.items() if option.tunable)
+
+    def display_label(self, factors: int, options: Mapping[str, Any], exclude: Iterable[str] | None) -> str:
+        """LoRITa (N=3), L1 norm (steps=3): how figures and tables name this method with these settings."""
+        extras = [f"N={factors}"] if self.composes else []
+        extras += [f"{key}={value}" for key, value in options.items()]
+        if exclude is not None:
+            # A non-default exclusion changes what is compressed: such runs must not share a line with default ones.
+            extras.append(f"exclude={','.join(exclude)}")
+        return f"{self.label} ({', '.join(extras)})" if extras else self.label
+
+    def resolve(self, cfg: RunConfig) -> RunConfig:
+        """Cross-field checks of a config of this method, and its default factors."""
+        factors = cfg.factors if cfg.factors is not None else self.default_factors
+        if not self.composes and factors != 1:
+            raise ConfigError(f"config: factors applies to composing methods only ({self.name} trains with "
+                              f"factors = 1); got {factors}")
+        if not self.compresses:
+            if cfg.target is not None or cfg.target_metric is not None:
+                raise ConfigError(f"config: {self.name} is the uncompressed reference and takes no target")
+        elif cfg.target is None or cfg.target_metric is None:
+            raise ConfigError(f"config: method {self.name} needs a target: target_metric (flops_drop or "
+                              "params_drop) and target in (0, 1)")
+        for key, value in cfg.method_options.items():
+            if key in BUDGET_FIELDS:
+                raise ConfigError(f"config: method_options.{key} would change the budget; set budget.{key} for "
+                                  "every method of the comparison instead")
+            if not self.options:
+                raise ConfigError(f"config: method_options.{key}: {self.name} takes no method options")
+            check_keys([key], self.options, context="config", prefix="method_options.", owner=self.name)
+            if not self.options[key].ok(value):
+                raise ConfigError(f"config: method_options.{key} must be {self.options[key].allowed}; got {value!r}")
+        return dataclasses.replace(cfg, factors=factors)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Enter `method` in METHODS (once per name)."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    if method.compresses and method.compress is None:
+        raise ValueError(f"method {method.name!r} compresses but has no compress function")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    """The registered method called `name`; a ConfigError listing the registry otherwise."""
+    method = METHODS.get(name) if isinstance(name, str) else None
+    if method is None:
+        raise ConfigError(f"config: method must be one of {', '.join(METHODS)}; got {name!r}")
+    return method
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """A config with its method's checks passed and defaults filled, before any data is loaded."""
+    return get_method(cfg.method).resolve(cfg)

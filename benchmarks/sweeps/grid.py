@@ -1,0 +1,176 @@
+"""A sweep file: its keys checked, its grid expanded into validated run configs.
+
+A sweep file names the grid's axes (models, datasets, methods, factors, targets, seeds, budget); every
+combination becomes one RunConfig, validated before anything trains.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.config import TARGET_METRICS, ConfigError, RunConfig, check_keys, load_yaml, make_config, stable_hash
+from benchmarks.methods import get_method
+from benchmarks.run.pipeline import trained_key
+
+# Top-level keys of a sweep file, with what each holds (the error for an unknown key lists them).
+SWEEP_KEYS = {
+    "name": "the MLflow experiment name",
+    "models": "model names or {name: ..., <model options>} mappings",
+    "datasets": "dataset names or {name: ..., data_root: ...} mappings",
+    "methods": "method names (see lorita-bench methods)",
+    "factors": "LoRITa's N values (other methods train with factors = 1)",
+    "targets": "{flops_drop: [...], params_drop: [...]}",
+    "seeds": "integer seeds",
+    "budget": "budget fields; a list value makes one budget per value",
+    "method_options": "{method: {option: value}}",
+    "device": "auto, cpu, cuda or cuda:N",
+    "cache_dir": "the trained-model cache",
+    "exclude": "module-name globs every compression keeps whole",
+    "mode": "LoRITa's forward mode",
+}
+REQUIRED_KEYS = ("name", "models", "datasets", "methods")
+# Keys copied unchanged into every run's config.
+COMMON_KEYS = ("device", "cache_dir", "exclude", "mode")
+DATASET_KEYS = ("name", "data_root")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep file, checked: the axes of its grid and the settings shared by every run."""
+
+    name: str
+    models: list[dict]  # {"model": ..., "model_kwargs": {...}}
+    datasets: list[dict]  # {"dataset": ..., "data_root": ...}
+    methods: list[str]
+    factors: list[int | None]  # None: lorita's default
+    targets: list[tuple[str, float]]  # (target_metric, target)
+    seeds: list[int]
+    budgets: list[dict]  # one budget mapping per combination of list-valued fields
+    method_options: dict[str, dict]
+    common: dict  # COMMON_KEYS given in the file
+    source: dict  # the file's mapping, recorded with the parent run
+
+
+def _as_list(key: str, value: Any) -> list:
+    items = value if isinstance(value, list) else [value]
+    if not items or value is None:
+        raise ConfigError(f"sweep: {key} must be a non-empty list of {SWEEP_KEYS[key]}; got {value!r}")
+    return items
+
+
+def _model(index: int, entry: Any) -> dict:
+    if isinstance(entry, str):
+        return {"model": entry, "model_kwargs": {}}
+    if isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
+        return {"model": entry["name"], "model_kwargs": {k: v for k, v in entry.items() if k != "name"}}
+    raise ConfigError(f"sweep: models[{index}] must be a model name or {{name: ..., <model options>}}; got {entry!r}")
+
+
+def _dataset(index: int, entry: Any) -> dict:
+    if isinstance(entry, str):
+        return {"dataset": entry}
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+        raise ConfigError(f"sweep: datasets[{index}] must be a dataset name or {{name: ..., data_root: ...}}; "
+                          f"got {entry!r}")
+    check_keys(entry, DATASET_KEYS, context="sweep", prefix=f"datasets[{index}].")
+    return {"dataset": entry["name"], **({"data_root": entry["data_root"]} if "data_root" in entry else {})}
+
+
+def _targets(value: Any) -> list[tuple[str, float]]:
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f"sweep: targets must be a mapping {SWEEP_KEYS['targets']}; got {value!r}")
+    check_keys(value, TARGET_METRICS, context="sweep", prefix="targets.")
+    return [(metric, target) for metric, values in value.items() for target in _as_list("targets", values)]
+
+
+def _budgets(value: Any) -> list[dict]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"sweep: budget must be a mapping of budget fields (e.g. {{epochs: 30}}); got {value!r}")
+    axes = {key: items if isinstance(items, list) else [items] for key, items in value.items()}
+    for key, items in axes.items():
+        if not items:
+            raise ConfigError(f"sweep: budget.{key} is an empty list; give at least one value")
+    return [dict(zip(axes, combination, strict=True)) for combination in itertools.product(*axes.values())]
+
+
+def _method_options(value: Any, names: list[str]) -> dict[str, dict]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"sweep: method_options must be a mapping {SWEEP_KEYS['method_options']}; got {value!r}")
+    check_keys(value, names, context="sweep", prefix="method_options.", what="method of this sweep")
+    for method, options in value.items():
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"sweep: method_options.{method} must be a mapping of options; got {options!r}")
+    return {method: dict(options) for method, options in value.items()}
+
+
+def parse_sweep(data: Mapping[str, Any]) -> Sweep:
+    """A checked Sweep from the mapping of a sweep file (one-line ConfigError naming the bad key)."""
+    check_keys(data, SWEEP_KEYS, context="sweep")
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            raise ConfigError(f"sweep: missing key {key!r} ({SWEEP_KEYS[key]})")
+    name = data["name"]
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"sweep: name must be a non-empty string ({SWEEP_KEYS['name']}); got {name!r}")
+    names = _as_list("methods", data["methods"])
+    if not all(isinstance(m, str) for m in names):
+        raise ConfigError(f"sweep: methods must be a list of method names; got {data['methods']!r}")
+    for method in names:
+        get_method(method)
+    if "targets" not in data and any(get_method(m).compresses for m in names):
+        raise ConfigError("sweep: missing key 'targets' (every method but dense compresses to a target), "
+                          "e.g. targets: {flops_drop: [0.5]}")
+    return Sweep(
+        name=name,
+        models=[_model(i, e) for i, e in enumerate(_as_list("models", data["models"]))],
+        datasets=[_dataset(i, e) for i, e in enumerate(_as_list("datasets", data["datasets"]))],
+        methods=names,
+        factors=_as_list("factors", data["factors"]) if "factors" in data else [None],
+        targets=_targets(data["targets"]) if "targets" in data else [],
+        seeds=_as_list("seeds", data["seeds"]) if "seeds" in data else [0],
+        budgets=_budgets(data.get("budget") or {}),
+        method_options=_method_options(data.get("method_options") or {}, names),
+        common={key: data[key] for key in COMMON_KEYS if key in data},
+        source=dict(data),
+    )
+
+
+def load_sweep(path: str) -> Sweep:
+    """The checked Sweep in the YAML file at `path`."""
+    return parse_sweep(load_yaml(path))
+
+
+def _variants(sweep: Sweep) -> list[dict]:
+    """Method, factors and target of every run of one (model, dataset, seed, budget); dense first."""
+    variants = [{"method": m} for m in sweep.methods if not get_method(m).compresses]
+    for method in (m for m in sweep.methods if get_method(m).compresses):
+        options = {"method_options": sweep.method_options[method]} if method in sweep.method_options else {}
+        factors = sweep.factors if get_method(method).composes else [None]
+        variants += [{"method": method, "factors": n, "target_metric": metric, "target": target, **options}
+                     for metric, target in sweep.targets for n in factors]
+    return variants
+
+
+def expand(sweep: Sweep) -> list[RunConfig]:
+    """Every run of the grid, validated and resolved, ordered so that runs sharing a trained model are adjacent."""
+    unique: dict[str, RunConfig] = {}
+    for budget, model, dataset, seed in itertools.product(sweep.budgets, sweep.models, sweep.datasets, sweep.seeds):
+        base = {"experiment": sweep.name, **sweep.common, **model, **dataset, "seed": seed, "budget": budget}
+        for variant in _variants(sweep):
+            cfg = get_method(variant["method"]).resolve(make_config({**base, **variant}))
+            # A repeated axis value (factors: [2, 2]) would otherwise run the same config twice at once.
+            unique.setdefault(cfg.config_hash(), cfg)
+    # Stable sort by the trained model's first appearance: its producer (dense before the methods that
+    # start from the dense model) comes first and the runs that reuse it from the cache follow.
+    first: dict[str, int] = {}
+    for cfg in unique.values():
+        first.setdefault(trained_key(cfg), len(first))
+    return sorted(unique.values(), key=lambda cfg: first[trained_key(cfg)])
+
+
+def grid_hash(runs: list[RunConfig]) -> str:
+    """Identity of a grid: the set of its runs' config hashes."""
+    return stable_hash(sorted(cfg.config_hash() for cfg in runs))

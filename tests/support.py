@@ -1,0 +1,58 @@
+"""What several test modules share: the model families, the tiny sweep, and small store and network helpers."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pandas as pd
+import torchvision
+import yaml
+
+from benchmarks import tracking
+from benchmarks.models import create_model
+from benchmarks.tracking import schema
+
+# One small instance of every model family the suite composes and compresses.
+FAMILIES = {
+    "fcn": lambda: create_model("fcn", 10, (1, 8, 8), layers=3, width=32),
+    "cnn": lambda: create_model("cnn", 10, (3, 16, 16), channels=(8, 16), hidden=24),
+    "vgg16": lambda: create_model("vgg16", 10, (3, 32, 32)),
+    "resnet20_a": lambda: create_model("resnet20", 10, (3, 32, 32), shortcut="A"),
+    "resnet20_b": lambda: create_model("resnet20", 10, (3, 32, 32), shortcut="B"),
+    "vit": lambda: create_model("vit", 10, (3, 32, 32), dim=24, depth=2, heads=2, mlp_dim=32, patch_size=8),
+    "tv_resnet18": lambda: torchvision.models.resnet18(num_classes=10),
+}
+# Input shape of one batch per family (the rest take CIFAR-sized images).
+INPUT_SHAPES = {"fcn": (4, 1, 8, 8), "cnn": (2, 3, 16, 16)}
+
+# A sweep whose run is a few seconds: 2 epochs of a 2-layer, 16-wide FCN on digits and 1 epoch of fine-tuning.
+TINY = {"models": [{"name": "fcn", "layers": 2, "width": 16}], "datasets": ["digits"],
+        "methods": ["dense", "svd", "lorita", "l1"], "factors": [2], "targets": {"flops_drop": [0.5]},
+        "seeds": [0], "budget": {"epochs": 2, "finetune_epochs": 1, "batch_size": 64, "lr": 0.05},
+        "device": "cpu"}
+
+
+def input_shape(family: str, batch: int) -> tuple[int, ...]:
+    """The family's input shape, at `batch` for the CIFAR-sized ones."""
+    return INPUT_SHAPES.get(family, (batch, 3, 32, 32))
+
+
+def write_sweep(store: Path, name: str, base: dict | None = None, **changes) -> str:
+    """A sweep file `name` in `store` (TINY, or `base`, with `changes`), its cache in the store; its path."""
+    path = store / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**(base or TINY), "name": name, "cache_dir": str(store / "cache"), **changes}))
+    return str(path)
+
+
+def benchmark_runs(experiment: str) -> pd.DataFrame:
+    """The experiment's benchmark runs (a sweep's parent run carries no method tag)."""
+    runs = tracking.search_runs(experiment)
+    return runs[runs[f"tags.{schema.TAG_METHOD}"].notna()] if len(runs) else runs
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on at 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
