@@ -61,6 +61,7 @@ TAG_DATASET = "dataset"
 TAG_FACTORS = "factors"
 TAG_BUDGET_HASH = "budget_hash"
 TAG_CONFIG_HASH = "config_hash"  # identifies the run's settings: find_run looks finished runs up by it
+TAG_DATA_FINGERPRINT = "data_fingerprint"  # identifies the data's content: with config_hash, the run's identity
 TAG_GIT_COMMIT = "git_commit"
 TAG_TORCH_VERSION = "torch_version"
 TAG_CPU_MODEL = "cpu_model"

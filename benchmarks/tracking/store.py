@@ -162,22 +162,31 @@ def load_state(run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, load_json(run_id, schema.ARTIFACT_STRUCTURE)
 
 
+def _identity_filter(config_hash: str, data_fingerprint: str | None) -> str:
+    query = f"tags.{schema.TAG_CONFIG_HASH} = '{config_hash}'"
+    if data_fingerprint is not None:
+        query += f" AND tags.{schema.TAG_DATA_FINGERPRINT} = '{data_fingerprint}'"
+    return query
+
+
 @with_mlflow_defaults
 def find_run(
-    experiment: str, config_hash: str, statuses: Sequence[str] = (schema.STATUS_FINISHED,)
+    experiment: str, config_hash: str, statuses: Sequence[str] = (schema.STATUS_FINISHED,), *,
+    data_fingerprint: str | None = None,
 ) -> str | None:
-    """Id of the newest run of `experiment` with this config hash and one of `statuses`, else None."""
+    """Id of the newest run of `experiment` with this config hash (and data) and one of `statuses`, else None."""
     mlc = client()
     found = mlc.get_experiment_by_name(experiment)
     if found is None:
         return None
+    identity = _identity_filter(config_hash, data_fingerprint)
     # MLflow filters have no OR and allow IN only on run ids: one query per status, newest of the answers.
     newest = [
         run
         for status in statuses
         for run in mlc.search_runs(
             [found.experiment_id],
-            f"tags.{schema.TAG_CONFIG_HASH} = '{config_hash}' AND attributes.status = '{status}'",
+            f"{identity} AND attributes.status = '{status}'",
             max_results=1,
             order_by=["attributes.start_time DESC"],
         )
@@ -186,13 +195,14 @@ def find_run(
 
 
 @with_mlflow_defaults
-def stale_runs(experiment: str, config_hash: str) -> list[str]:
-    """RUNNING runs of this config with nothing waiting in the outbox: their process died without ending them."""
+def stale_runs(experiment: str, config_hash: str, *, data_fingerprint: str | None = None) -> list[str]:
+    """RUNNING runs of this config (and data) with nothing waiting in the outbox: the caller holds the config's
+    claim, so their process died without ending them."""
     mlc = client()
     found = mlc.get_experiment_by_name(experiment)
     if found is None:
         return []
-    query = f"tags.{schema.TAG_CONFIG_HASH} = '{config_hash}' AND attributes.status = '{schema.STATUS_RUNNING}'"
+    query = f"{_identity_filter(config_hash, data_fingerprint)} AND attributes.status = '{schema.STATUS_RUNNING}'"
     runs = _all_pages(lambda t: mlc.search_runs([found.experiment_id], query, page_token=t))
     return [run.info.run_id for run in runs if not outbox.pending(run.info.run_id)]
 
