@@ -24,6 +24,7 @@ FLAG_KEYS = {
     "experiment": "experiment", "model": "model", "dataset": "dataset", "data_root": "data_root",
     "method": "method", "factors": "factors", "epochs": "budget.epochs",
     "finetune_epochs": "budget.finetune_epochs", "seed": "seed", "device": "device", "cache_dir": "cache_dir",
+    "wait": "wait",
 }
 
 
@@ -50,6 +51,8 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help=f"trained-model cache and checkpoints (default {DEFAULT_CACHE_DIR})")
     p.add_argument("--force", action="store_true", help="run again even if this config already FINISHED")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--wait", action="store_true", default=None,
+                   help="if another process is running this config on the store, wait for it (default: exit 3)")
     return p
 
 
@@ -61,10 +64,69 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+# How long `ui` gives the MLflow server to shut down cleanly after Ctrl-C or SIGTERM before it kills what is left.
+UI_STOP_S = 10.0
+
+
+def _ui_addresses(host: str, port: int) -> list[tuple]:
+    """getaddrinfo's answers for where `ui` would listen; a one-line error for a bad port or an unknown host."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise ValueError(f"ui: --port must be between 1 and 65535; got {port}")
+    try:
+        return list(dict.fromkeys(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)))
+    except socket.gaierror as err:
+        raise OSError(f"ui: cannot listen on {host}: {err.strerror}") from None
+
+
+def _check_free(host: str, port: int, addresses: list[tuple]) -> None:
+    """A one-line OSError unless every address can be listened on now (each bound briefly, as uvicorn binds it)."""
+    import errno
+    import socket
+
+    for family, _, _, _, address in addresses:
+        try:
+            socket.create_server(address, family=family).close()  # with SO_REUSEADDR, as uvicorn
+        except OSError as err:
+            hint = " (choose another --port)" if err.errno == errno.EADDRINUSE else ""
+            why = os.strerror(err.errno) if err.errno else str(err)  # create_server adds the address to strerror
+            raise OSError(f"ui: cannot listen on {host} port {port}: {why}{hint}") from None
+
+
 def _ui(args: argparse.Namespace) -> int:
+    import contextlib
+    import ipaddress
+    import signal
+    import subprocess
+
+    # Checked before MLflow starts, which takes seconds and then fails in many lines.
+    addresses = _ui_addresses(args.host, args.port)
+    if not all(ipaddress.ip_address(address[0]).is_loopback for *_, address in addresses):
+        print(f"lorita-bench: warning: the MLflow UI has no authentication and on {args.host} it is reachable from "
+              f"the network: anyone who reaches port {args.port} can read, change and delete these runs",
+              file=sys.stderr)
+    _check_free(args.host, args.port, addresses)
     from benchmarks import tracking
 
-    tracking.serve_ui(args.host, args.port)
+    # A session of its own: the stop below then reaches every process MLflow starts (CLI, uvicorn, job runner), and
+    # reaches it once (a terminal's Ctrl-C would reach the group too).
+    server = subprocess.Popen(tracking.ui_command(args.host, args.port), start_new_session=True)
+    try:
+        code = server.wait()
+    finally:  # Ctrl-C, SIGTERM, or MLflow ended by itself: stop what is left of it
+        try:
+            server.terminate()  # mlflow forwards it to uvicorn, which closes its connections and exits
+            server.wait(timeout=UI_STOP_S)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            pass  # no end in time, or asked again: kill now
+        # Whatever outlives the CLI (MLflow's job runner is slower to go) goes with the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    if code != 0:
+        print(f"lorita-bench: error: mlflow ui exited with status {code}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -99,17 +161,20 @@ def _sweep(args: argparse.Namespace) -> int:
     from benchmarks.sweeps.driver import run_sweep
 
     return run_sweep(args.config, jobs=args.jobs, executor=args.executor, address=args.address,
-                     local_cpus=args.local_cpus, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+                     local_cpus=args.local_cpus, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                     wait=args.wait)
 
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from benchmarks.run.pipeline import execute
+    from benchmarks.sweeps.driver import EXIT_INCOMPLETE
+    from benchmarks.tracking import schema
 
     result = execute(cfg, force=args.force, latency=not args.no_latency)
     print(f"\n{cfg.method} on {cfg.model}/{cfg.dataset} (seed {cfg.seed}):")
     print(_summary(result))
-    return 0
+    return EXIT_INCOMPLETE if result.status == schema.STATUS_HELD else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a grid of benchmarks from a YAML sweep file (skips finished runs)")
     sweep.add_argument("config", help="sweep YAML (see benchmarks/configs/demo.yaml)")
     sweep.add_argument("--jobs", type=int, default=1, help="runs in parallel processes on this machine (default 1)")
+    sweep.add_argument("--wait", action="store_true",
+                       help="wait for runs another process is running on the store (default: count them held, exit 3)")
     sweep.add_argument("--executor", default="local", choices=EXECUTORS,
                        help="local: processes on this machine (default); ray: each run a Ray task, on a local "
                             "instance or a cluster (needs the ray extra: pip install -e '.[ray]')")
@@ -149,9 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                    description=f"Runs keep what they measure in the outbox ({DEFAULT_CACHE_DIR}/outbox, or "
                                "$LORITA_BENCH_OUTBOX) while the tracking server is away; this sends it."
                    ).set_defaults(handler=_sync)
-    ui = sub.add_parser("ui", help="serve the MLflow UI for the current tracking store")
-    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui = sub.add_parser("ui", help="serve the MLflow UI for the current tracking store (Ctrl-C stops it)")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="bind address (default 127.0.0.1: this machine only; the UI has no authentication)")
+    ui.add_argument("--port", type=int, default=5000, help="1-65535, free (default 5000)")
     ui.set_defaults(handler=_ui)
     # Layers above the harness (reports) add their commands here without the harness importing them.
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
@@ -189,22 +257,38 @@ def _summary(result) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `lorita-bench` console script."""
-    for key, value in PROCESS_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    args = build_parser().parse_args(argv)
+    """Entry point of the `lorita-bench` console script.
+
+    Exit codes: 0 done, 1 a run failed, 2 bad input (one line), 130 Ctrl-C, 143 SIGTERM (resumable commands say so).
+    """
+    # First of all, so that a signal during start-up (parsing, importing torch and MLflow) also ends in one line.
+    # Ctrl-C or SIGTERM during training finishes the batch and saves a checkpoint there before stopping.
+    previous = interrupts.install()
+    command = None
     try:
-        # Ctrl-C during training finishes the batch and saves a checkpoint there before stopping.
-        with interrupts.installed():
-            return args.handler(args)
-    except (ValueError, OSError) as err:  # ConfigError and DataError are ValueErrors: one line, no traceback
-        print(f"lorita-bench: error: {one_line(err)}", file=sys.stderr)
-        return 2
+        try:
+            for key, value in PROCESS_DEFAULTS.items():
+                os.environ.setdefault(key, value)
+            args = build_parser().parse_args(argv)
+            command = args.command
+            code = args.handler(args)
+        except (ValueError, OSError) as err:  # ConfigError and DataError are ValueErrors: one line, no traceback
+            print(f"lorita-bench: error: {one_line(err)}", file=sys.stderr)
+            return 2
+        # A sweep says 130 for any interrupt it caught (and has said so): the signal that came picks the code.
+        return interrupts.exit_code() if code == 130 else code
     except KeyboardInterrupt:
-        resumable = args.command in RESUMABLE_COMMANDS
-        print("lorita-bench: interrupted" + (": run the same command again to resume" if resumable else ""),
-              file=sys.stderr)
-        return 130
+        resume = ": run the same command again to resume" if command in RESUMABLE_COMMANDS else ""
+        print(f"lorita-bench: {interrupts.stopped_by()}{resume}", file=sys.stderr)
+        return interrupts.exit_code()
+    finally:
+        if argv is None and interrupts.received() is not None:
+            # The program (argv from the command line) is on its way out after a signal: one more (a key held down, a
+            # supervisor signalling twice) would print a traceback under the one line while Python shuts down, or
+            # kill it with another exit code. A caller that passes argv gets its handlers back.
+            interrupts.ignore()
+        else:
+            interrupts.restore(previous)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ class ConfigError(ValueError):
 DEFAULT_CACHE_DIR = ".cache/lorita-bench"
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters with its length said, so that an error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def check_keys(keys: Iterable[str], allowed: Iterable[str], *, context: str, prefix: str = "",
                owner: str | None = None, what: str = "key", error: type[ValueError] = ConfigError) -> None:
     """Raise `error` ("context: unknown key 'prefix.key' [for owner]; allowed: ...") for the first unknown key."""
@@ -42,8 +48,8 @@ def _spec(default: Any, allowed: str, ok: Callable[[Any], bool], *, kind: type |
     return field(default=default, metadata=metadata, **kw)
 
 
-def _int(low: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+def _int(low: int, high: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
 
 
 def _real(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = True):
@@ -66,6 +72,12 @@ SCHEDULES = ("plateau", "cosine", "step", "constant")
 AUGMENTS = ("auto", "none", "crop_flip")
 TARGET_METRICS = ("flops_drop", "params_drop")
 MODES = ("auto", "activation", "weight")
+# Learning rates above this are typos (1e308 trains nothing but NaN); the largest in common recipes are about 10.
+MAX_LR = 100.0
+# torch.manual_seed and MLflow's integer params take a signed 64-bit seed.
+MAX_SEED = 2**63 - 1
+# MLflow refuses longer experiment and run names.
+MAX_NAME = 500
 # Where a sweep's runs execute: processes on this machine, or Ray tasks (the ray extra).
 EXECUTORS = ("local", "ray")
 
@@ -77,7 +89,8 @@ class Budget:
     epochs: int = _spec(30, "an integer >= 0", _int(0))
     finetune_epochs: int = _spec(5, "an integer >= 0", _int(0))
     optimizer: str = _spec("sgd", f"one of {', '.join(OPTIMIZERS)}", _choice(*OPTIMIZERS))
-    lr: float = _spec(0.01, "a number > 0", _real(0, low_open=True), kind=float)
+    lr: float = _spec(0.01, f"a number in (0, {MAX_LR:g}]", _real(0, MAX_LR, low_open=True, high_open=False),
+                      kind=float)
     momentum: float = _spec(0.9, "a number in [0, 1)", _real(0, 1), kind=float)
     weight_decay: float = _spec(1e-3, "a number >= 0", _real(0), kind=float)
     label_smoothing: float = _spec(0.1, "a number in [0, 1)", _real(0, 1), kind=float)
@@ -86,7 +99,8 @@ class Budget:
     # The authors' ReduceLROnPlateau on train accuracy.
     plateau_factor: float = _spec(0.1, "a number in (0, 1)", _real(0, 1, low_open=True), kind=float)
     plateau_patience: int = _spec(15, "an integer >= 0", _int(0))
-    finetune_lr: float = _spec(0.001, "a number > 0", _real(0, low_open=True), kind=float)
+    finetune_lr: float = _spec(0.001, f"a number in (0, {MAX_LR:g}]",
+                               _real(0, MAX_LR, low_open=True, high_open=False), kind=float)
     finetune_schedule: str = _spec("cosine", f"one of {', '.join(SCHEDULES)}", _choice(*SCHEDULES))
     augment: str = _spec("auto", f"one of {', '.join(AUGMENTS)}", _choice(*AUGMENTS))
     val_fraction: float = _spec(0.0, "a number in [0, 1)", _real(0, 1), kind=float)
@@ -107,7 +121,8 @@ def _is_str_list(v: Any) -> bool:
 class RunConfig:
     """One method at one compression target under one budget and seed."""
 
-    experiment: str = _spec("lorita-bench", "a non-empty string", lambda v: isinstance(v, str) and bool(v))
+    experiment: str = _spec("lorita-bench", f"a non-empty string of at most {MAX_NAME} characters",
+                            lambda v: isinstance(v, str) and 0 < len(v) <= MAX_NAME)
     model: str = _spec("fcn", "a model name (see lorita-bench run --help)", lambda v: isinstance(v, str) and bool(v))
     model_kwargs: dict = _spec(dict, "a mapping of model options", lambda v: isinstance(v, dict))
     dataset: str = _spec("digits", "a dataset name", lambda v: isinstance(v, str) and bool(v))
@@ -123,17 +138,19 @@ class RunConfig:
                                  lambda v: v is None or _real(0, 1, low_open=True)(v), kind=float)
     # Module-name globs kept whole by compression; None keeps the classifier whole.
     exclude: list | None = _spec(None, "a list of module-name glob patterns", lambda v: v is None or _is_str_list(v))
-    seed: int = _spec(0, "an integer >= 0", _int(0))
+    seed: int = _spec(0, "an integer in [0, 2**63 - 1]", _int(0, MAX_SEED))
     device: str = _spec("auto", "auto, cpu, cuda or cuda:N",
                         lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or v.startswith("cuda:")))
     cache_dir: str = _spec(DEFAULT_CACHE_DIR, "a directory path", lambda v: isinstance(v, str) and bool(v))
+    # When another process is running this config on the store: wait for it (true) or report it HELD (false).
+    wait: bool = _spec(False, "true or false", lambda v: isinstance(v, bool), added=True)
     budget: Budget = field(default_factory=Budget)
 
     def config_hash(self) -> str:
         """Hash of everything that defines the run's result (not where it runs or is stored)."""
         d = identity(self)
-        for key in ("experiment", "data_root", "device", "cache_dir"):
-            d.pop(key)
+        for key in ("experiment", "data_root", "device", "cache_dir", "wait"):
+            d.pop(key, None)
         return stable_hash(d)
 
 
@@ -177,7 +194,7 @@ def _coerce(cls: type, prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
             except ValueError:
                 pass
         if not f.metadata["ok"](value):
-            raise ConfigError(f"config: {name} must be {f.metadata['allowed']}; got {value!r}")
+            raise ConfigError(f"config: {name} must be {f.metadata['allowed']}; got {shown(value)}")
         out[key] = float(value) if f.metadata.get("kind") is float and value is not None else value
     return out
 
@@ -193,7 +210,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"--set expects key=value (e.g. budget.lr=0.05); got {text!r}")
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), yaml.load(raw, Loader=_NoAliasLoader)
     except yaml.YAMLError:
         return key.strip(), raw
 
@@ -212,13 +229,32 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
     return data
 
 
+class _AliasRefused(yaml.YAMLError):
+    def __init__(self, anchor: str, line: int) -> None:
+        super().__init__(f"alias *{anchor}")
+        self.anchor, self.line = anchor, line
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load's loader, refusing aliases: nested aliases ("billion laughs") expand a few lines exponentially."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasRefused(event.anchor, event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML file, with a one-line error for a missing or malformed file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_NoAliasLoader) or {}
     except OSError as err:
         raise ConfigError(f"config: cannot read {path}: {err.strerror}") from None
+    except _AliasRefused as err:
+        raise ConfigError(f"config: {path} line {err.line}: YAML aliases (*{err.anchor}) are not accepted; write the "
+                          "value out (an alias can expand a small file into gigabytes)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

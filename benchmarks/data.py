@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import struct
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from benchmarks import checkpoints
 from benchmarks.config import DEFAULT_CACHE_DIR
+from benchmarks.errors import one_line
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder:<path>")
 
@@ -33,7 +36,15 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 # Independent of the run seed so that every run of every method sees the same digits test set.
 DIGITS_SPLIT_STATE = 0
 PAD = 4  # zero padding of the random crop, as in the usual CIFAR recipe
-_CACHE_VERSION = 1  # bump when the cached payload changes so old caches are rebuilt
+_CACHE_VERSION = 2  # bump when the cached payload or its key changes so old caches are rebuilt
+# Bump when what the fingerprint hashes changes: every cached model and run keyed by the old one is then redone.
+_FINGERPRINT_VERSION = 1
+FINGERPRINT_CHARS = 16  # hex digits kept of the SHA-256: 64 bits, ample to tell data sets apart
+# torchvision's raw MNIST file of each split's images and labels (idx files, unsigned bytes, big-endian header).
+_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 class DataError(ValueError):
@@ -42,7 +53,10 @@ class DataError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Train/val/test splits as uint8 (N, C, H, W) images and int64 labels on one device."""
+    """Train/val/test splits as uint8 (N, C, H, W) images and int64 labels on one device.
+
+    `fingerprint` identifies the data's content (see `fingerprint()`), not the validation split carved from it.
+    """
 
     name: str
     train_x: Tensor
@@ -56,6 +70,7 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop_flip: bool
+    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,7 @@ class _Splits:
     std: tuple[float, ...]
     crop_flip: bool
     num_classes: int
+    fingerprint: str | None = None  # set by a loader that has it cached, else computed by _load_splits
 
 
 def load_dataset(
@@ -83,17 +99,7 @@ def load_dataset(
     """Load dataset `name` (see DATASETS) into memory, carving a stratified validation slice from train."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    root = data_root if data_root is not None else "data"  # torchvision datasets default to ./data
-    if name == "digits":
-        splits = _load_digits()
-    elif name == "mnist":
-        splits = _load_mnist(root, download)
-    elif name in ("cifar10", "cifar100"):
-        splits = _load_cifar(name, root, download)
-    elif _is_imagefolder(name):
-        splits = _load_imagefolder(name, _imagefolder_path(name, data_root), cache_dir)
-    else:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    splits = _load_splits(name, data_root, download, cache_dir)
     train_x, train_y, val_x, val_y = _split_val(splits.train_x, splits.train_y, val_fraction, seed)
     c, h, w = splits.train_x.shape[1:]
     return Dataset(
@@ -109,7 +115,22 @@ def load_dataset(
         mean=splits.mean,
         std=splits.std,
         crop_flip=splits.crop_flip,
+        fingerprint=splits.fingerprint,
     )
+
+
+def fingerprint(
+    name: str, data_root: str | None = None, cache_dir: str | None = None, *, download: bool = True
+) -> str:
+    """The content fingerprint of dataset `name`: 16 hex digits of a SHA-256, the same as `Dataset.fingerprint`.
+
+    It hashes the decoded train and test images and labels (dtype, shape and bytes, in load order) and the number
+    of classes, before any validation split: the split follows from val_fraction and seed, which are config. The
+    dataset's name and location are not hashed, so the same images at another path give the same fingerprint;
+    any changed pixel, label, image order or class folder order gives another. An image folder's fingerprint is
+    kept in its dataset cache, so after the first load this reads the cache instead of decoding or hashing.
+    """
+    return _load_splits(name, data_root, download, cache_dir).fingerprint
 
 
 def check_available(name: str, data_root: str | None = None) -> None:
@@ -119,10 +140,53 @@ def check_available(name: str, data_root: str | None = None) -> None:
         # load_dataset would); an unknown name raises load_dataset's own error.
         load_dataset(name, data_root=data_root)
         return
-    # Listing the folders runs every check of an image folder; decoding its images can take minutes.
-    folder = _imagefolder_path(name, data_root).resolve()
-    _, classes = _list_split(name, folder, "train", None)
-    _list_split(name, folder, "test", classes)
+    # Listing the folders runs every check of an image folder but decoding; decoding its images can take minutes.
+    _list_splits(name, _imagefolder_path(name, data_root).resolve())
+
+
+def _load_splits(name: str, data_root: str | None, download: bool, cache_dir: str | None) -> _Splits:
+    root = data_root if data_root is not None else "data"  # torchvision datasets default to ./data
+    if name == "digits":
+        splits = _load_digits()
+    elif name == "mnist":
+        splits = _load_mnist(root, download)
+    elif name in ("cifar10", "cifar100"):
+        splits = _load_cifar(name, root, download)
+    elif _is_imagefolder(name):
+        splits = _load_imagefolder(name, _imagefolder_path(name, data_root), cache_dir)
+    else:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    _check_splits(name, splits)
+    if splits.fingerprint is None:
+        tensors = (splits.train_x, splits.train_y, splits.test_x, splits.test_y)
+        splits = replace(splits, fingerprint=_content_fingerprint(*tensors, splits.num_classes))
+    return splits
+
+
+def _check_splits(name: str, splits: _Splits) -> None:
+    # torchvision checks neither count nor range; a label out of range only fails later, deep in the loss.
+    for split in ("train", "test"):
+        x, y = getattr(splits, f"{split}_x"), getattr(splits, f"{split}_y")
+        if len(x) != len(y):
+            raise DataError(f"dataset {name!r}: the {split} split has {len(x)} images but {len(y)} labels")
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < splits.num_classes:
+            raise DataError(
+                f"dataset {name!r}: {split} labels span {int(y.min())}..{int(y.max())}; "
+                f"they must lie in 0..{splits.num_classes - 1}"
+            )
+
+
+def _content_fingerprint(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, num_classes: int) -> str:
+    digest = hashlib.sha256(f"lorita-bench data v{_FINGERPRINT_VERSION}\nclasses {num_classes}\n".encode())
+    fields = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+    for field, tensor in fields.items():
+        array = tensor.detach().cpu().contiguous().numpy()
+        # Labels in a fixed byte order, so the fingerprint does not depend on the machine's.
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        # The header fixes each field's byte length, so no two different data sets hash the same byte stream.
+        digest.update(f"{field} {array.dtype.str} {array.shape}\n".encode())
+        digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()[:FINGERPRINT_CHARS]
 
 
 def _is_imagefolder(name: str) -> bool:
@@ -255,8 +319,14 @@ def _load_digits() -> _Splits:
 def _torchvision_splits(name: str, cls: type, root: str, download: bool, expected: str) -> tuple[Any, Any]:
     try:
         return cls(root, train=True, download=False), cls(root, train=False, download=False)
-    except RuntimeError:
+    except RuntimeError as err:
+        if "not found" not in str(err):  # torchvision's words for a missing (or, for CIFAR, md5-failing) copy
+            raise DataError(f"dataset {name!r}: cannot read the copy under {expected}: {one_line(err)}") from None
         failure = "download disabled"
+    except Exception as err:  # noqa: BLE001 - files present but unreadable: a download would not replace them
+        raise DataError(
+            f"dataset {name!r}: cannot read the copy under {expected}: {one_line(err, kind=True)}"
+        ) from None
     if download:
         try:
             return cls(root, train=True, download=True), cls(root, train=False, download=True)
@@ -271,20 +341,65 @@ def _torchvision_splits(name: str, cls: type, root: str, download: bool, expecte
 
 def _load_mnist(root: str, download: bool) -> _Splits:
     raw = os.path.join(os.path.abspath(root), "MNIST", "raw")
-    files = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
-    train, test = _torchvision_splits(
-        "mnist", torchvision.datasets.MNIST, root, download, f"{raw} (expected {files})"
-    )
+    paths = {split: tuple(os.path.join(raw, f) for f in files) for split, files in _MNIST_FILES.items()}
+    if all(os.path.isfile(path) for pair in paths.values() for path in pair):
+        # Read here, not by torchvision: it checks neither magic numbers nor counts, and fails with bare asserts.
+        (train_x, train_y), (test_x, test_y) = (_read_mnist_split(*paths[split]) for split in ("train", "test"))
+    else:
+        # Missing files: torchvision downloads them (or reads its old processed layout) when allowed.
+        files = ", ".join(f for pair in _MNIST_FILES.values() for f in pair)
+        train, test = _torchvision_splits(
+            "mnist", torchvision.datasets.MNIST, root, download, f"{raw} (expected {files})"
+        )
+        train_x, train_y, test_x, test_y = train.data, train.targets, test.data, test.targets
     return _Splits(
-        train_x=train.data.unsqueeze(1).contiguous(),
-        train_y=train.targets.long(),
-        test_x=test.data.unsqueeze(1).contiguous(),
-        test_y=test.targets.long(),
+        train_x=train_x.unsqueeze(1).contiguous(),
+        train_y=train_y.long(),
+        test_x=test_x.unsqueeze(1).contiguous(),
+        test_y=test_y.long(),
         mean=MNIST_MEAN,
         std=MNIST_STD,
         crop_flip=False,
         num_classes=10,
     )
+
+
+def _read_mnist_split(images_path: str, labels_path: str) -> tuple[Tensor, Tensor]:
+    images, labels = _read_idx(images_path, 3), _read_idx(labels_path, 1)
+    if len(images) != len(labels):
+        raise DataError(
+            f"dataset 'mnist': {labels_path} has {len(labels)} labels but {images_path} has {len(images)} images"
+        )
+    if len(labels) and labels.max() > 9:
+        index = int(np.argmax(labels > 9))
+        raise DataError(f"dataset 'mnist': {labels_path} has label {labels[index]} at index {index}; MNIST's are 0..9")
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def _read_idx(path: str, ndim: int) -> np.ndarray:
+    """The uint8 array of an idx file with `ndim` dimensions (magic 0x0800 | ndim); DataError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            content = bytearray(f.read())  # writable, so torch.from_numpy shares it without a warning
+    except OSError as err:
+        raise DataError(f"dataset 'mnist': cannot read {path}: {one_line(err)}") from None
+    header = 4 * (ndim + 1)
+    if len(content) < header:
+        raise DataError(f"dataset 'mnist': {path} has {len(content)} bytes, fewer than its {header}-byte idx header")
+    expected = 0x0800 | ndim  # 0x08: unsigned bytes
+    magic = int.from_bytes(content[:4], "big")
+    if magic != expected:
+        raise DataError(
+            f"dataset 'mnist': {path} has magic number 0x{magic:08x}, expected 0x{expected:08x} "
+            f"(an idx file of unsigned bytes with {ndim} dimension{'s' if ndim > 1 else ''})"
+        )
+    shape = struct.unpack(f">{ndim}I", content[4:header])
+    if len(content) - header != math.prod(shape):
+        raise DataError(
+            f"dataset 'mnist': {path} header says {'x'.join(map(str, shape))} ({math.prod(shape)} bytes) "
+            f"but it holds {len(content) - header} bytes of data"
+        )
+    return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _load_cifar(name: str, root: str, download: bool) -> _Splits:
@@ -311,18 +426,12 @@ def _load_cifar(name: str, root: str, download: bool) -> _Splits:
 
 def _load_imagefolder(name: str, folder: Path, cache_dir: str | None) -> _Splits:
     folder = folder.resolve()
-    train_files, classes = _list_split(name, folder, "train", None)
-    test_files, _ = _list_split(name, folder, "test", classes)
-    key = hashlib.sha256(f"v{_CACHE_VERSION}\n{folder}\n".encode())
-    skip = len(str(folder)) + 1
-    for path, _ in train_files + test_files:
-        stat = os.stat(path)
-        key.update(f"{path[skip:]}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    train_files, test_files, classes = _list_splits(name, folder)
     cache_root = Path(cache_dir or os.environ.get("LORITA_BENCH_CACHE") or DEFAULT_CACHE_DIR)
-    cache = cache_root / f"imagefolder-{key.hexdigest()[:24]}.pt"
+    cache = cache_root / f"imagefolder-{_cache_key(folder, train_files + test_files)}.pt"
     payload = _read_cache(cache)
     if payload is None:
-        payload = _decode_imagefolder(name, train_files, test_files)
+        payload = _decode_imagefolder(name, train_files, test_files, len(classes))
         _write_cache(cache, payload)
     mean, std = tuple(payload["mean"]), tuple(payload["std"])
     c, h, w = payload["train_x"].shape[1:]
@@ -335,7 +444,31 @@ def _load_imagefolder(name: str, folder: Path, cache_dir: str | None) -> _Splits
         std=std,
         crop_flip=c == 3 and h >= 32 and w >= 32,
         num_classes=len(classes),
+        fingerprint=payload["fingerprint"],
     )
+
+
+def _cache_key(folder: Path, files: list[tuple[str, int]]) -> str:
+    key = hashlib.sha256(f"v{_CACHE_VERSION}\n{folder}\n".encode())
+    skip = len(str(folder)) + 1
+    for path, _ in files:
+        stat = os.stat(path)
+        # Size and mtime alone miss two class folders swapped in place when their files share names, sizes and
+        # mtimes (as files unpacked from one archive can): the inode at each path changes then. The ctime, which
+        # no tool can set back, catches a file rewritten in place with its mtime restored (cp -p, rsync -t).
+        key.update(f"{path[skip:]}\t{stat.st_size}\t{stat.st_mtime_ns}\t{stat.st_ino}\t{stat.st_ctime_ns}\n".encode())
+    return key.hexdigest()[:24]
+
+
+def _list_splits(name: str, folder: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str]]:
+    train_files, classes = _list_split(name, folder, "train", None)
+    test_files, _ = _list_split(name, folder, "test", classes)
+    # Checked after the layout, whose errors say what to fix first: one class is a layout, but no classification.
+    if len(classes) < 2:
+        raise DataError(
+            f"dataset {name!r}: needs at least 2 classes; found 1: {classes[0]} (in {folder / 'train'})"
+        )
+    return train_files, test_files, classes
 
 
 def _list_split(
@@ -365,13 +498,14 @@ def _list_split(
     return files, found
 
 
-def _decode_imagefolder(name: str, train: list[tuple[str, int]], test: list[tuple[str, int]]) -> dict:
+def _decode_imagefolder(
+    name: str, train: list[tuple[str, int]], test: list[tuple[str, int]], num_classes: int
+) -> dict:
     images = []
     size = None
     for path, _ in tqdm(train + test, desc=f"decoding {name}", unit="img", leave=False):
-        with Image.open(path) as img:
-            gray = img.mode in ("1", "L")
-            array = np.asarray(img.convert("L" if gray else "RGB"))
+        array = _decode_image(name, path)
+        gray = array.ndim == 2
         if size is None:
             size, first = array.shape[:2], path
         elif array.shape[:2] != size:
@@ -385,15 +519,29 @@ def _decode_imagefolder(name: str, train: list[tuple[str, int]], test: list[tupl
     stacked = torch.from_numpy(np.stack([np.broadcast_to(image, (channels, *size)) for image in images]))
     labels = torch.tensor([label for _, label in train + test], dtype=torch.long)
     train_x, test_x = stacked[: len(train)].clone(), stacked[len(train) :].clone()
+    train_y, test_y = labels[: len(train)].clone(), labels[len(train) :].clone()
     mean, std = channel_stats(train_x)
     return {
         "train_x": train_x,
-        "train_y": labels[: len(train)].clone(),
+        "train_y": train_y,
         "test_x": test_x,
-        "test_y": labels[len(train) :].clone(),
+        "test_y": test_y,
         "mean": list(mean),
         "std": list(std),
+        # Hashed once here and cached with the images, so a cached load neither decodes nor rehashes.
+        "fingerprint": _content_fingerprint(train_x, train_y, test_x, test_y, num_classes),
     }
+
+
+def _decode_image(name: str, path: str) -> np.ndarray:
+    """(H, W) grayscale or (H, W, 3) RGB uint8 pixels of one image file; DataError naming it when unreadable."""
+    try:
+        with Image.open(path) as img:
+            gray = img.mode in ("1", "L")
+            return np.asarray(img.convert("L" if gray else "RGB"))
+    except Exception as err:  # noqa: BLE001 - PIL reports a bad file as OSError, SyntaxError, ValueError and more
+        cause = "not an image format PIL recognizes" if isinstance(err, UnidentifiedImageError) else one_line(err)
+        raise DataError(f"dataset {name!r}: cannot decode image {path}: {cause}") from None
 
 
 def _read_cache(path: Path) -> dict | None:
@@ -417,6 +565,8 @@ def _check_payload(payload: object) -> None:
             raise TypeError(f"cached {split} tensors have the wrong dtype or shape")
     if not len(payload["mean"]) == len(payload["std"]) == payload["train_x"].shape[1]:
         raise TypeError("cached mean/std do not match the channel count")
+    if not isinstance(payload["fingerprint"], str) or len(payload["fingerprint"]) != FINGERPRINT_CHARS:
+        raise TypeError("cached fingerprint is not a string of the expected length")
 
 
 def _write_cache(path: Path, payload: dict) -> None:

@@ -10,10 +10,13 @@ from pathlib import Path
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Let `write` fill a temporary sibling of `path`, then rename it over `path` (removed again on failure).
 
-    An OSError (a full disk, a vanished directory) comes back naming `path`; the previous file stays intact.
+    A missing folder is created; an OSError (a full disk, a read-only file) comes back naming `path`; the previous
+    file stays intact.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        # A cache folder deleted under a running sweep is made again rather than failing every later write.
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
     except OSError as err:

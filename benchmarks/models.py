@@ -322,6 +322,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def imports_code(name: str) -> bool:
+    """Whether building model `name` imports a module it names (module.path:factory), i.e. runs outside code."""
+    return name not in MODELS and not name.startswith("tv:") and ":" in name
+
+
 def create_model(name: str, num_classes: int, in_shape: tuple[int, int, int], **kw: Any) -> nn.Module:
     """Build model `name` (a MODELS key, 'tv:<torchvision name>' or 'module.path:factory') with options kw."""
     num_classes = _positive_int(name, "num_classes", num_classes)

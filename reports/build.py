@@ -32,10 +32,13 @@ class ReportSummary:
     tables: list[Path] = field(default_factory=list)
     runs: int = 0
     failed: int = 0
+    missing: list[collect.ArtifactGone] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (f"report {self.html} (and {self.markdown.name}): {len(self.figures)} figure files, "
+        text = (f"report {self.html} (and {self.markdown.name}): {len(self.figures)} figure files, "
                 f"{len(self.tables)} LaTeX files from {self.runs} finished runs; {self.failed} runs did not finish")
+        # One line per run, so a user sees which runs to look at without opening the report.
+        return "\n".join([text, *(f"left out of a figure: {gone} (its artifact is gone)" for gone in self.missing)])
 
 
 @dataclass
@@ -46,6 +49,8 @@ class _Output:
     table_dir: Path
     figures: list[Path] = field(default_factory=list)
     tables: list[Path] = field(default_factory=list)
+    # Runs whose artifacts a figure needed and the store no longer has: listed in the report, not fatal to it.
+    missing: list[collect.ArtifactGone] = field(default_factory=list)
 
     def figure(self, fig: Figure, stem: str, caption: str) -> Image:
         self.figures += figures.save(fig, self.figure_dir / stem)
@@ -114,7 +119,8 @@ def _group_blocks(runs: pd.DataFrame, out: _Output) -> list[Block]:
 def _trained_model_blocks(runs: pd.DataFrame, name: str, stem: str, out: _Output) -> list[Block]:
     """Spectra, accuracy vs singular values kept, training time: properties of the trained models."""
     blocks: list[Block] = []
-    spectra = collect.load_spectra(runs)
+    spectra, missing = collect.load_spectra(runs)
+    out.missing += missing
     if spectra:
         blocks += [Heading(3, "Singular-value spectra of the trained models"), out.figure(
             figures.spectra_figure(spectra, f"{name}\nnormalized singular values per layer"), f"spectra__{stem}",
@@ -172,6 +178,17 @@ def _failure_blocks(failed: pd.DataFrame) -> list[Block]:
     return [Heading(2, "Runs that did not finish"), Table(grid)]
 
 
+def _missing_blocks(missing: list[collect.ArtifactGone]) -> list[Block]:
+    if not missing:
+        return []
+    rows = [[str(gone.run_name), gone.run_id, gone.artifact] for gone in missing]
+    grid = tables.Grid(f"{len(missing)} finished runs whose artifact the tracking store no longer has (its artifact "
+                       "folder was deleted, or never arrived): left out of the figure that needs it, another seed "
+                       "standing in where there is one; their recorded metrics still count in every table.",
+                       ["Run", "Run id", "Missing artifact"], [tables.Section(None, rows)])
+    return [Heading(2, "Runs with missing artifacts"), Table(grid)]
+
+
 def _filters(experiment: str | None, model: str | None, dataset: str | None) -> str:
     given = [f"{key} {value!r}" for key, value in (("experiment", experiment), ("model", model),
                                                     ("dataset", dataset)) if value is not None]
@@ -218,9 +235,9 @@ def build_report(out_dir: str | Path, *, experiment: str | None = None, model: s
     ]
     for part in groups:
         blocks += _group_blocks(part, out)
-    blocks += _ablation_blocks(done, out) + _failure_blocks(failed)
+    blocks += _ablation_blocks(done, out) + _failure_blocks(failed) + _missing_blocks(out.missing)
     summary = ReportSummary(folder / "report.md", folder / "report.html", out.figures, out.tables, len(done),
-                            len(failed))
+                            len(failed), out.missing)
     summary.markdown.write_text(markdown(blocks, folder), encoding="utf-8")
     summary.html.write_text(html_page(blocks, TITLE), encoding="utf-8")
     return summary

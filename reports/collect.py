@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -183,11 +184,31 @@ def train_time_ratios(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"factors": lorita["factors"].to_numpy(), "seed": lorita["seed"].to_numpy(), "ratio": ratio})
 
 
-def load_spectra(runs: pd.DataFrame) -> dict[int, tuple[int, dict[str, list[float]]]]:
-    """{factors: (seed, {layer: singular values})} of the trained models of a group, lowest seed of each N."""
-    models = trained_models(runs).sort_values(["factors", "seed"]).drop_duplicates("factors")
-    return {int(row.factors): (int(row.seed), tracking.load_json(row.run_id, schema.ARTIFACT_SPECTRA))
-            for row in models.itertuples()}
+@dataclass(frozen=True)
+class ArtifactGone:
+    """A run the report left out of what needs one of its artifacts, because the store no longer has it."""
+
+    run_id: str
+    run_name: str | None
+    artifact: str
+
+    def __str__(self) -> str:
+        return f"run {self.run_name} ({self.run_id}) has no {self.artifact}"
+
+
+def load_spectra(runs: pd.DataFrame) -> tuple[dict[int, tuple[int, dict[str, list[float]]]], list[ArtifactGone]]:
+    """{factors: (seed, {layer: singular values})} of the trained models of a group, lowest seed of each N whose
+    spectra the store still has; and the runs whose spectra are gone (the next seed stands in for them)."""
+    spectra: dict[int, tuple[int, dict[str, list[float]]]] = {}
+    missing = []
+    for row in trained_models(runs).sort_values(["factors", "seed"]).itertuples():
+        if int(row.factors) in spectra:
+            continue
+        try:
+            spectra[int(row.factors)] = (int(row.seed), tracking.load_json(row.run_id, schema.ARTIFACT_SPECTRA))
+        except tracking.MissingArtifact:
+            missing.append(ArtifactGone(row.run_id, row.run_name, schema.ARTIFACT_SPECTRA))
+    return spectra, missing
 
 
 def load_keep_curves(runs: pd.DataFrame) -> pd.DataFrame:

@@ -48,7 +48,8 @@ def write_sweep(store: Path, name: str, base: dict | None = None, **changes) -> 
 def benchmark_runs(experiment: str) -> pd.DataFrame:
     """The experiment's benchmark runs (a sweep's parent run carries no method tag)."""
     runs = tracking.search_runs(experiment)
-    return runs[runs[f"tags.{schema.TAG_METHOD}"].notna()] if len(runs) else runs
+    column = f"tags.{schema.TAG_METHOD}"
+    return runs[runs[column].notna()] if column in runs else runs.iloc[0:0]
 
 
 def free_port() -> int:

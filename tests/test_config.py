@@ -27,8 +27,14 @@ def test_hashes_are_stable_and_seed_is_not_in_the_budget():
     [
         ({"modle": "fcn"}, "unknown key 'modle'; allowed: experiment, model"),
         ({"budget": {"lrr": 1}}, "unknown key 'budget.lrr'"),
-        ({"budget": {"lr": -1}}, "budget.lr must be a number > 0; got -1"),
-        ({"budget": {"lr": "fast"}}, "budget.lr must be a number > 0; got 'fast'"),
+        ({"budget": {"lr": -1}}, "budget.lr must be a number in \\(0, 100\\]; got -1"),
+        ({"budget": {"lr": "fast"}}, "budget.lr must be a number in \\(0, 100\\]; got 'fast'"),
+        # Finite but absurd: it would train nothing but NaN.
+        ({"budget": {"lr": 1e308}}, "budget.lr must be a number in \\(0, 100\\]; got 1e\\+308"),
+        ({"budget": {"finetune_lr": 1e308}}, "budget.finetune_lr must be a number in \\(0, 100\\]"),
+        ({"seed": 2**63}, "seed must be an integer in \\[0, 2\\*\\*63 - 1\\]; got 9223372036854775808"),
+        ({"experiment": "x" * 501}, "experiment must be a non-empty string of at most 500 characters; got 'xxx.*"
+                                    "\\(503 characters\\)"),
         ({"budget": {"epochs": 2.5}}, "budget.epochs must be an integer >= 0"),
         ({"budget": {"epochs": True}}, "budget.epochs must be an integer >= 0"),
         ({"budget": {"optimizer": "lbfgs"}}, "budget.optimizer must be one of sgd, adam, adamw"),
@@ -91,3 +97,21 @@ def test_shipped_configs_load():
             assert expand(parse_sweep(data)), path
         else:
             make_config(data)
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    # "Billion laughs": nine levels of nine aliases would be 9**9 items once a config is copied or hashed.
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"bomb.yaml line 2: YAML aliases \(\*a0\) are not accepted") as info:
+        load_yaml(bomb)
+    assert "\n" not in str(info.value)
+
+
+def test_a_sweep_name_longer_than_mlflow_allows_is_refused():
+    from benchmarks.sweeps.grid import parse_sweep
+
+    with pytest.raises(ConfigError, match="sweep: name must be a non-empty string of at most 500 characters"):
+        parse_sweep({"name": "n" * 501, "models": ["fcn"], "datasets": ["digits"], "methods": ["dense"]})

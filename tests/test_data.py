@@ -1,3 +1,4 @@
+import io
 import os
 import pickle
 import struct
@@ -86,6 +87,60 @@ def test_mnist_raw_layout(tmp_path):
     assert ds.num_classes == 10 and ds.mean == (0.1307,) and ds.std == (0.3081,) and not ds.crop_flip
 
 
+def _mnist_raw(root: Path, train_labels: int = 6) -> Path:
+    """A valid raw MNIST copy under root (6 train and 4 test digits); its raw folder."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n, m in (("train", 6, train_labels), ("t10k", 4, 4)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, m))
+    return raw
+
+
+def _one_line_error(**kwargs) -> str:
+    with pytest.raises(DataError) as info:
+        load_dataset(**kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_mnist_label_count_mismatch_names_both_files(tmp_path, download):
+    raw = _mnist_raw(tmp_path, train_labels=5)
+    message = _one_line_error(name="mnist", data_root=str(tmp_path), download=download)
+    images, labels = raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"
+    assert message == f"dataset 'mnist': {labels} has 5 labels but {images} has 6 images"
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_mnist_bad_magic_names_the_file_and_blames_no_download(tmp_path, download):
+    raw = _mnist_raw(tmp_path)
+    path = raw / "t10k-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">I", 0x0801) + path.read_bytes()[4:])
+    message = _one_line_error(name="mnist", data_root=str(tmp_path), download=download)
+    assert message.startswith(f"dataset 'mnist': {path} has magic number 0x00000801, expected 0x00000803")
+    assert "download" not in message
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_mnist_truncated_file_names_it_and_blames_no_download(tmp_path, download):
+    # torchvision reads this one with a RuntimeError that read as "download failed" though none was tried.
+    raw = _mnist_raw(tmp_path)
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-28 * 28])
+    message = _one_line_error(name="mnist", data_root=str(tmp_path), download=download)
+    assert message == f"dataset 'mnist': {path} header says 6x28x28 (4704 bytes) but it holds 3920 bytes of data"
+
+
+def test_mnist_label_out_of_range_names_the_file(tmp_path):
+    raw = _mnist_raw(tmp_path)
+    _write_idx(raw / "t10k-labels-idx1-ubyte", np.array([1, 2, 12, 3]))
+    message = _one_line_error(name="mnist", data_root=str(tmp_path), download=False)
+    assert message == f"dataset 'mnist': {raw / 't10k-labels-idx1-ubyte'} has label 12 at index 2; MNIST's are 0..9"
+
+
 def test_missing_mnist_is_one_line_error(tmp_path):
     with pytest.raises(DataError) as info:
         load_dataset("mnist", data_root=str(tmp_path), download=False)
@@ -118,6 +173,17 @@ def test_cifar10_pickle_layout(tmp_path, monkeypatch):
     assert np.array_equal(ds.test_x.numpy(), rows["test_batch"].reshape(2, 3, 32, 32))
     assert ds.train_y.tolist() == [0, 9, 1, 8, 2, 7, 3, 6, 4, 5]
     assert ds.num_classes == 10 and ds.crop_flip and ds.mean == data.CIFAR10_MEAN
+
+
+def test_unreadable_cifar_blames_no_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]:
+        (folder / name).write_bytes(b"not a pickle")
+    message = _one_line_error(name="cifar10", data_root=str(tmp_path), download=True)
+    assert message.startswith(f"dataset 'cifar10': cannot read the copy under {folder} (expected data_batch_1..5")
+    assert message.endswith("UnpicklingError: invalid load key, 'n'.") and "download" not in message
 
 
 @pytest.mark.skipif(not MNIST_10K.is_dir(), reason="shared mnist-10k copy not present")
@@ -221,6 +287,41 @@ def test_imagefolder_empty_class_and_missing_split(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "img" / "train" / "a" / "0.png")
     with pytest.raises(DataError, match=r"missing folder .*test \(expected test/<class>/<image> files\)"):
         load_dataset(name, cache_dir=cache)
+
+
+def _jpeg_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "cause"),
+    [
+        (lambda: b"not a jpeg at all", "not an image format PIL recognizes"),
+        # PIL words it "image file is truncated" or "Truncated File Read", by where the data ends
+        (lambda: _jpeg_bytes()[: len(_jpeg_bytes()) // 2], "truncated"),
+    ],
+    ids=["garbage", "truncated"],
+)
+def test_imagefolder_corrupt_jpeg_names_the_file(tmp_path, content, cause):
+    _image_tree(tmp_path / "img")
+    bad = tmp_path / "img" / "train" / "cat" / "7.jpg"
+    bad.write_bytes(content())
+    name = f"imagefolder:{tmp_path / 'img'}"
+    message = _one_line_error(name=name, cache_dir=str(tmp_path / "cache"))
+    prefix = f"dataset {name!r}: cannot decode image {bad}: "
+    assert message.startswith(prefix) and cause.lower() in message[len(prefix) :].lower()
+
+
+def test_imagefolder_single_class_is_refused(tmp_path):
+    _image_tree(tmp_path / "img", classes=("cat",))
+    name = f"imagefolder:{tmp_path / 'img'}"
+    expected = f"dataset {name!r}: needs at least 2 classes; found 1: cat (in {tmp_path / 'img' / 'train'})"
+    assert _one_line_error(name=name, cache_dir=str(tmp_path / "cache")) == expected
+    with pytest.raises(DataError) as info:
+        data.check_available(name)
+    assert str(info.value) == expected
 
 
 # ---------------------------------------------------------------- batches

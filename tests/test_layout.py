@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.config import ConfigError, _spec, identity, make_config, stable_hash
+from benchmarks.data import load_dataset
 from benchmarks.methods import METHODS, get_method, resolve
-from benchmarks.run.pipeline import trained_key
+from benchmarks.run.pipeline import trained_key, training_group
 
 ROOT = Path(__file__).resolve().parent.parent
 # Imports point one way: a package may import those to its right only.
@@ -138,26 +139,33 @@ def test_the_literal_check_catches_a_comparison():
     assert _literals(calls[0].args[0]) == ["svd"]
 
 
-# One config per method family, with the identities the stores and caches of earlier versions hold. A change
-# that moves one of them orphans every stored run and cached model of that family.
+# One config per method family, with the identities its stores and caches hold: config hash, budget hash, the
+# training group (what runs of a grid share a trained model; the trained-model key before data identity) and the
+# trained-model key on the embedded digits data. A change that moves one orphans every stored run or cached model.
+DIGITS_FINGERPRINT = "77eaecbb1c985509"
 BASE = {"model": "fcn", "model_kwargs": {"layers": 3, "width": 64}, "dataset": "digits",
         "budget": {"epochs": 20, "lr": 0.05}}
 PINNED = [
-    ({"method": "dense"}, ("3cb479e9dbcb", "857518c83322", "c7fde3643f12")),
+    ({"method": "dense"}, ("3cb479e9dbcb", "857518c83322", "c7fde3643f12", "9c3762d182ae")),
     ({"method": "lorita", "factors": 3, "target_metric": "flops_drop", "target": 0.5},
-     ("a6cb904de953", "857518c83322", "54cd53ada4ba")),
-    ({"method": "svd", "target_metric": "flops_drop", "target": 0.5}, ("dabd594c1760", "857518c83322", "c7fde3643f12")),
+     ("a6cb904de953", "857518c83322", "54cd53ada4ba", "e562f2530c95")),
+    ({"method": "svd", "target_metric": "flops_drop", "target": 0.5},
+     ("dabd594c1760", "857518c83322", "c7fde3643f12", "9c3762d182ae")),
     ({"method": "l1", "target_metric": "params_drop", "target": 0.3, "method_options": {"steps": 2}},
-     ("bd84d4987a31", "857518c83322", "c7fde3643f12")),
+     ("bd84d4987a31", "857518c83322", "c7fde3643f12", "9c3762d182ae")),
     ({"method": "slim", "target_metric": "flops_drop", "target": 0.5, "method_options": {"reg": 1e-4}},
-     ("7329730b2d0f", "857518c83322", "f6a7d56feafa")),
+     ("7329730b2d0f", "857518c83322", "f6a7d56feafa", "7a17997cf870")),
 ]
+
+
+def test_the_embedded_data_keeps_its_fingerprint():
+    assert load_dataset("digits").fingerprint == DIGITS_FINGERPRINT
 
 
 @pytest.mark.parametrize(("extra", "pinned"), PINNED, ids=[e["method"] for e, _ in PINNED])
 def test_config_budget_and_trained_model_identities_are_pinned(extra, pinned):
     cfg = resolve(make_config({**BASE, **extra}))
-    assert (cfg.config_hash(), cfg.budget.hash(), trained_key(cfg)) == pinned
+    assert (cfg.config_hash(), cfg.budget.hash(), training_group(cfg), trained_key(cfg, DIGITS_FINGERPRINT)) == pinned
 
 
 def test_a_field_added_later_enters_the_hash_only_away_from_its_default():

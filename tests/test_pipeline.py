@@ -127,22 +127,26 @@ def test_a_claimed_config_is_not_run_twice_and_a_dead_claim_expires(store):
     from benchmarks.run.pipeline import run_key
 
     cfg = _cfg(store, method="svd", target_metric="flops_drop", target=0.5, experiment="claims")
+    from benchmarks.data import load_dataset
     from benchmarks.methods import resolve
+    from benchmarks.run import claims
 
-    lock = store / "cache" / "claims" / f"{run_key(resolve(cfg))}.lock"
+    fingerprint = load_dataset("digits").fingerprint
+    lock = claims.folder(tracking.tracking_uri()) / f"{run_key(resolve(cfg), fingerprint)}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     hold = (f"from filelock import FileLock; claim = FileLock({str(lock)!r}); claim.acquire(); "
             "print('held', flush=True); import sys; sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert execute(cfg, latency=False).status == "SKIPPED"
+        assert execute(cfg, latency=False).status == schema.STATUS_HELD
         assert tracking.search_runs("claims").empty
     finally:
         holder.kill()  # a dead process's claim is released by the OS
         holder.wait(timeout=30)
     stale = tracking.start_run("claims", "killed-earlier", params={},
-                               tags={schema.TAG_CONFIG_HASH: resolve(cfg).config_hash()})
+                               tags={schema.TAG_CONFIG_HASH: resolve(cfg).config_hash(),
+                                     schema.TAG_DATA_FINGERPRINT: fingerprint})
     result = execute(cfg, latency=False)
     assert result.status == "FINISHED"
     runs = tracking.search_runs("claims").set_index("run_id")
@@ -178,7 +182,9 @@ def test_corrupt_cached_model_is_reported_and_retrained(store, capsys):
     first = execute(_cfg(store, method="svd", target_metric="flops_drop", target=0.4, experiment="corrupt"),
                     latency=False)
     cfg = resolve(_cfg(store, method="svd", target_metric="flops_drop", target=0.5, experiment="corrupt"))
-    state = store / "cache" / "trained" / trained_key(cfg) / "model.pt"
+    from benchmarks.data import load_dataset
+
+    state = store / "cache" / "trained" / trained_key(cfg, load_dataset("digits").fingerprint) / "model.pt"
     state.write_bytes(b"not a checkpoint")
     second = execute(cfg, latency=False)
     assert second.status == "FINISHED" and not second.cache_hit

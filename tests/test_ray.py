@@ -105,7 +105,7 @@ def test_cli_passes_the_ray_flags(monkeypatch):
     assert cli.main(["sweep", "grid.yaml", "--executor", "ray", "--address", "head:6379", "--cpus-per-run", "2",
                      "--gpus-per-run", "0.5"]) == 0
     assert seen == {"path": "grid.yaml", "jobs": 1, "executor": "ray", "address": "head:6379", "local_cpus": None,
-                    "cpus_per_run": 2, "gpus_per_run": 0.5}
+                    "cpus_per_run": 2, "gpus_per_run": 0.5, "wait": False}
     with pytest.raises(SystemExit):
         cli.main(["sweep", "grid.yaml", "--executor", "slurm"])
     monkeypatch.setattr("benchmarks.sweeps.reproduce.reproduce", lambda **kw: seen.update(kw) or 0)

@@ -41,6 +41,9 @@ from benchmarks.tracking import outbox, schema
 PHASE = Phase(epochs=3, lr=0.05, schedule="plateau", optimizer="sgd", momentum=0.9, weight_decay=1e-3,
               label_smoothing=0.1, batch_size=64, augment=True, plateau_patience=0)
 
+# The fingerprint of the embedded digits data, part of every trained-model key.
+DIGITS = load_dataset("digits").fingerprint
+
 
 def _fcn(width: int = 32) -> torch.nn.Module:
     torch.manual_seed(0)
@@ -207,7 +210,7 @@ def _cfg(store, **changes):
 
 def test_foreign_cached_model_is_reported_and_retrained(store, capsys):
     first = execute(_cfg(store, experiment="foreign"), latency=False)
-    cached = store / "cache" / "trained" / trained_key(resolve(_cfg(store))) / "model.pt"
+    cached = store / "cache" / "trained" / trained_key(resolve(_cfg(store)), DIGITS) / "model.pt"
     checkpoints.save(cached, _fcn(width=16).state_dict())  # a valid file with a valid digest, for another model
     again = execute(_cfg(store, experiment="foreign-again"), latency=False)
     out = capsys.readouterr().out
@@ -237,7 +240,7 @@ def _tmpfs(path: Path, options: str):
 def test_unwritable_output_directory_is_named_before_anything_runs(store, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    with pytest.raises(OSError, match=f"output directory {blocker}/cache/claims is not writable"):
+    with pytest.raises(OSError, match=f"output directory {blocker}/cache is not writable"):
         execute(_cfg(store, experiment="unwritable", cache_dir=str(blocker / "cache")))
     with _tmpfs(tmp_path / "ro", "size=1m,ro") as mounted:
         if mounted:
@@ -278,7 +281,7 @@ def test_disk_full_at_a_checkpoint_fails_the_run_naming_the_file_and_the_rerun_r
         return save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", full_at_second_checkpoint)
-    checkpoint = store / "cache-enospc" / "trained" / trained_key(resolve(cfg)) / "checkpoint.pt"
+    checkpoint = store / "cache-enospc" / "trained" / trained_key(resolve(cfg), DIGITS) / "checkpoint.pt"
     with pytest.raises(OSError, match=f"cannot write {checkpoint}: No space left on device"):
         execute(cfg, latency=False)
     monkeypatch.undo()
@@ -375,7 +378,9 @@ def _sweep_file(store: Path, name: str, **changes) -> Path:
 
 
 def test_a_nan_run_fails_naming_the_epoch_and_the_sweep_goes_on(store, capsys):
-    path = _sweep_file(store, "nan-sweep", methods=["dense"], budget={"epochs": 2, "lr": [0.05, 1e30]}, seeds=[0])
+    # Weight decay 1e30 blows the weights up within the first steps (an absurd learning rate is refused at the door).
+    path = _sweep_file(store, "nan-sweep", methods=["dense"], budget={"epochs": 2, "lr": 0.05,
+                                                                      "weight_decay": [1e-3, 1e30]}, seeds=[0])
     assert run_sweep(str(path)) == 1
     out = capsys.readouterr().out
     assert "1 finished, 0 skipped (already finished), 1 failed" in out
@@ -390,7 +395,9 @@ def test_two_concurrent_sweeps_never_run_a_run_twice(store):
     path = _sweep_file(store, "concurrent")
     expected = {cfg.config_hash() for cfg in expand(load_sweep(str(path)))}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    sweeps = [subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "sweep", str(path)], cwd=store, env=env,
+    # --wait: each waits for the runs the other holds, then skips them (finished) or runs them (its holder died).
+    sweeps = [subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "sweep", str(path), "--wait"], cwd=store,
+                               env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [proc.communicate(timeout=240)[0] for proc in sweeps]
     assert [proc.returncode for proc in sweeps] == [0, 0], outputs
@@ -414,3 +421,34 @@ def test_a_sweep_stops_at_once_when_the_tracking_server_goes_away(store, monkeyp
     assert main(["sweep", str(path)]) == 2
     assert len(calls) == 1  # the second run is not tried: it would fail the same way
     assert "lorita-bench: error: tracking server http://127.0.0.1:9 unreachable" in capsys.readouterr().err
+
+
+def _at_epoch(monkeypatch, epoch: int, act) -> None:
+    """Call `act` once, when the training logs epoch `epoch` (a real moment of a real run)."""
+    original = tracking.log_metrics
+
+    def log_metrics(run_id, metrics, step=None):
+        if step == epoch and schema.TRAIN_LOSS in metrics and not getattr(log_metrics, "done", False):
+            log_metrics.done = True
+            act()
+        original(run_id, metrics, step=step)
+
+    monkeypatch.setattr(tracking, "log_metrics", log_metrics)
+
+
+def test_a_cache_folder_deleted_mid_run_is_made_again(store, tmp_path, monkeypatch):
+    cache = tmp_path / "vanishing"
+    _at_epoch(monkeypatch, 1, lambda: shutil.rmtree(cache))
+    result = execute(_cfg(store, experiment="vanishing", cache_dir=str(cache)), latency=False)
+    assert result.status == schema.STATUS_FINISHED
+    assert (cache / "trained" / trained_key(resolve(_cfg(store)), DIGITS) / "model.pt").exists()
+
+
+def test_an_unwritable_cache_file_mid_run_is_named(store, tmp_path, monkeypatch):
+    cache = tmp_path / "blocked"
+    checkpoint = cache / "trained" / trained_key(resolve(_cfg(store)), DIGITS) / "checkpoint.pt"
+    _at_epoch(monkeypatch, 1, lambda: checkpoint.unlink(missing_ok=True) or checkpoint.mkdir())  # a folder in its place
+    with pytest.raises(OSError, match=f"cannot write {checkpoint}: Is a directory"):
+        execute(_cfg(store, experiment="blocked", cache_dir=str(cache)), latency=False)
+    runs = benchmark_runs("blocked")
+    assert list(runs["status"]) == [schema.STATUS_FAILED]

@@ -14,7 +14,7 @@ from support import write_sweep
 from benchmarks import tracking
 from benchmarks.config import ConfigError
 from benchmarks.data import DataError
-from benchmarks.run.pipeline import trained_key
+from benchmarks.run.pipeline import training_group
 from benchmarks.sweeps.driver import run_sweep
 from benchmarks.sweeps.grid import expand, load_sweep, parse_sweep
 from benchmarks.tracking import schema
@@ -48,7 +48,7 @@ def test_expansion_counts_and_order():
     budgets = {cfg.budget.hash(): cfg.budget.weight_decay for cfg in runs}
     assert sorted(budgets.values()) == [1e-4, 1e-3]
     # Runs sharing a trained model are adjacent, the dense reference first among those of the dense model.
-    keys = [trained_key(cfg) for cfg in runs]
+    keys = [training_group(cfg) for cfg in runs]
     starts = [i for i, key in enumerate(keys) if i == 0 or key != keys[i - 1]]
     assert len(starts) == len(set(keys))
     assert all(runs[i].method in ("dense", "lorita") for i in starts)
@@ -66,10 +66,10 @@ def test_repeated_axis_values_run_once():
     ({"datasets": [{"name": "digits", "root": "x"}]}, "allowed: name, data_root"),
     ({"targets": {"flop_drop": [0.5]}}, "unknown key 'targets.flop_drop'; allowed: flops_drop, params_drop"),
     ({"method_options": {"slim": {"reg": 1e-4}}}, "unknown method of this sweep 'method_options.slim'"),
-    ({"budget": {"lr": -1}}, "budget.lr must be a number > 0"),
+    ({"budget": {"lr": -1}}, "budget.lr must be a number in (0, 100]"),
     ({"budget": {"epochs": []}}, "budget.epochs is an empty list"),
     ({"methods": ["nope"]}, "method must be one of"),
-    ({"seeds": [-1]}, "seed must be an integer >= 0"),
+    ({"seeds": [-1]}, "seed must be an integer in [0, 2**63 - 1]"),
     ({"method_options": {"l1": {"scope": "local"}}}, "method_options.scope must be one of global, uniform"),
 ])
 def test_bad_sweep_is_one_line_config_error(change, message):

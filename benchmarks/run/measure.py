@@ -6,6 +6,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -14,6 +15,9 @@ import lorita
 from benchmarks.run.environment import synchronize
 from benchmarks.tracking import schema
 
+# Latency is flagged as measured under load when other work used more than this fraction of the CPUs just before.
+LOADED_BUSY = 0.25
+LOAD_WINDOW_S = 0.25
 # The paper's curve: fractions of each layer's singular values kept, without fine-tuning.
 KEEP_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
 
@@ -46,6 +50,34 @@ def latency_metrics(model: nn.Module, in_shape: tuple[int, ...], device: torch.d
         out[schema.LATENCY_MS_B1_GPU] = latency_ms(model, in_shape, 1, device)
         out[schema.LATENCY_MS_B128_GPU] = latency_ms(model, in_shape, 128, device)
     return out
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs from /proc/stat; None where there is none."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + fields[4], sum(fields)  # idle + iowait
+
+
+def cpu_busy(window_s: float = LOAD_WINDOW_S) -> float | None:
+    """Fraction of the machine's CPU time other work used over `window_s` (this process sleeps meanwhile)."""
+    before = _cpu_times()
+    time.sleep(window_s)
+    after = _cpu_times()
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return 1.0 - (after[0] - before[0]) / (after[1] - before[1])
+
+
+def load_tags() -> dict[str, str]:
+    """Tags saying how busy the CPU was just before a latency measurement: a busy machine's timings are flagged."""
+    busy = cpu_busy()
+    if busy is None:
+        return {}
+    return {schema.TAG_LATENCY_CPU_BUSY: f"{busy:.2f}",
+            schema.TAG_LATENCY_UNDER_LOAD: "true" if busy > LOADED_BUSY else "false"}
 
 
 def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:

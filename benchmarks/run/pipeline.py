@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -20,9 +21,10 @@ from benchmarks.data import Dataset, batches, load_dataset
 from benchmarks.errors import one_line
 from benchmarks.methods import Method, exclude_patterns, get_method, rebuild
 from benchmarks.methods.structure import DENSE, LOWRANK
-from benchmarks.models import create_model
+from benchmarks.models import create_model, imports_code
+from benchmarks.run import claims
 from benchmarks.run.environment import check_writable, environment_tags, resolve_device
-from benchmarks.run.measure import keep_curve, latency_metrics
+from benchmarks.run.measure import keep_curve, latency_metrics, load_tags
 from benchmarks.run.train import Phase, evaluate, train
 from benchmarks.tracking import schema
 
@@ -62,11 +64,20 @@ def _fresh_model(cfg: RunConfig, data: Dataset) -> nn.Module:
     return create_model(cfg.model, data.num_classes, data.in_shape, **cfg.model_kwargs)
 
 
-def trained_key(cfg: RunConfig) -> str:
-    """Cache identity of the trained model: everything upstream of training, nothing downstream."""
+def _training(cfg: RunConfig) -> dict:
     budget = {k: v for k, v in identity(cfg.budget).items() if k not in FINETUNE_FIELDS}
-    return stable_hash({"model": cfg.model, "model_kwargs": cfg.model_kwargs, "dataset": cfg.dataset,
-                        "budget": budget, "seed": cfg.seed, "mode": cfg.mode, **get_method(cfg.method).family(cfg)})
+    return {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "dataset": cfg.dataset, "budget": budget,
+            "seed": cfg.seed, "mode": cfg.mode, **get_method(cfg.method).family(cfg)}
+
+
+def training_group(cfg: RunConfig) -> str:
+    """Which runs of one grid share a trained model: everything upstream of training but the data's content."""
+    return stable_hash(_training(cfg))
+
+
+def trained_key(cfg: RunConfig, data_fingerprint: str) -> str:
+    """Cache identity of the trained model: everything upstream of training (the data's content included)."""
+    return stable_hash({**_training(cfg), "data": data_fingerprint})
 
 
 def _cached(folder: Path, model: nn.Module) -> dict | None:
@@ -93,7 +104,7 @@ class Trained:
 def obtain_trained(cfg: RunConfig, method: Method, data: Dataset, device: torch.device, log,
                    log_history) -> Trained:
     """The trained model from the cache, or trained now (resumable) and cached for every later target."""
-    folder = Path(cfg.cache_dir) / "trained" / trained_key(cfg)
+    folder = Path(cfg.cache_dir) / "trained" / trained_key(cfg, data.fingerprint)
     folder.mkdir(parents=True, exist_ok=True)
     model = method.build_for_training(cfg, _fresh_model(cfg, data)).to(device)
     # One process trains a given model; another asking for it waits, then reuses it.
@@ -139,7 +150,7 @@ def compress_and_finetune(cfg: RunConfig, method: Method, data: Dataset, base: n
     `reference` is the uncompressed model's (FLOPs, params): every round's drop is measured against it.
     """
     example = torch.zeros(1, *data.in_shape, device=device)
-    folder = check_writable(finetune_dir(cfg))
+    folder = check_writable(finetune_dir(cfg, data.fingerprint))
     checkpoints.require_space(folder, base)
     steps = method.steps(cfg)
     train_batches = _criterion_batches(cfg, data)
@@ -156,25 +167,26 @@ def compress_and_finetune(cfg: RunConfig, method: Method, data: Dataset, base: n
     return model, structure, acc_compressed
 
 
-def run_key(cfg: RunConfig) -> str:
-    """Identity of a run in its experiment (the same config may run in several experiments)."""
-    return f"{cfg.config_hash()}-{stable_hash(cfg.experiment)[:6]}"
+def run_key(cfg: RunConfig, data_fingerprint: str) -> str:
+    """Identity of a run in its experiment (the same config may run in several experiments, and on other data)."""
+    return f"{cfg.config_hash()}-{stable_hash([cfg.experiment, data_fingerprint])[:8]}"
 
 
-def finetune_dir(cfg: RunConfig) -> Path:
+def finetune_dir(cfg: RunConfig, data_fingerprint: str) -> Path:
     """Where a run keeps its fine-tuning checkpoints until it finishes."""
-    return Path(cfg.cache_dir) / "runs" / run_key(cfg)
+    return Path(cfg.cache_dir) / "runs" / run_key(cfg, data_fingerprint)
 
 
 def _measure_size(model: nn.Module, data: Dataset, device: torch.device) -> tuple[int, int]:
     return lorita.count_flops_params(model, torch.zeros(1, *data.in_shape, device=device))
 
 
-def run_tags(cfg: RunConfig, device: torch.device) -> dict[str, str]:
-    """Tags identifying the run and its comparison group."""
+def run_tags(cfg: RunConfig, device: torch.device, data_fingerprint: str) -> dict[str, str]:
+    """Tags identifying the run, its data and its comparison group, and who runs it."""
     return {schema.TAG_METHOD: cfg.method, schema.TAG_MODEL: cfg.model, schema.TAG_DATASET: cfg.dataset,
             schema.TAG_FACTORS: str(cfg.factors), schema.TAG_BUDGET_HASH: cfg.budget.hash(),
-            schema.TAG_CONFIG_HASH: cfg.config_hash(), **environment_tags(device)}
+            schema.TAG_CONFIG_HASH: cfg.config_hash(), schema.TAG_DATA_FINGERPRINT: data_fingerprint,
+            schema.TAG_RUNNER: claims.runner(), **environment_tags(device)}
 
 
 def run_name(cfg: RunConfig) -> str:
@@ -189,49 +201,74 @@ def run_name(cfg: RunConfig) -> str:
 
 def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = False, latency: bool = True,
             tags: dict[str, str] | None = None) -> RunResult:
-    """Run one benchmark end to end and record it; a failure is recorded FAILED and re-raised."""
+    """Run one benchmark end to end and record it; a failure is recorded FAILED and re-raised.
+
+    A config (on the same data) that another process is running on this store comes back HELD, unless `cfg.wait`:
+    then this waits for it to end and skips it when it finished (or runs it when it died).
+    """
+    wait = cfg.wait
     method = get_method(cfg.method)
     cfg = method.resolve(cfg)
     device = resolve_device(cfg.device)
-    claims = check_writable(Path(cfg.cache_dir) / "claims")
+    check_writable(cfg.cache_dir)
     tracking.ensure_store()
-    # The claim is an OS file lock: held while this process runs the config, released when it ends or dies,
-    # so two processes (parallel workers, concurrent sweeps) never run it twice and a dead one's claim expires.
-    claim = FileLock(str(claims / f"{run_key(cfg)}.lock"))
-    try:
-        claim.acquire(timeout=0)
-    except Timeout:
-        tqdm.write(f"{run_name(cfg)} is being run by another process: skipped")
-        return RunResult(cfg, None, schema.STATUS_SKIPPED)
-    try:
-        return _claimed(cfg, method, device, parent_run_id=parent_run_id, force=force, latency=latency, tags=tags)
-    finally:
-        claim.release()
+    # The data's content is part of the run's identity: the same config on other data is another run.
+    data = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction, seed=cfg.seed,
+                        device=device, cache_dir=cfg.cache_dir)
+    while True:
+        with claims.claimed(run_key(cfg, data.fingerprint), wait=wait) as held:
+            if not held:
+                return _held(cfg)
+            live = _close_dead_runs(cfg, data.fingerprint)
+            if not live:
+                return _claimed(cfg, method, data, device, parent_run_id=parent_run_id, force=force,
+                                latency=latency, tags=tags)
+        if not wait:
+            return _held(cfg, live[0])
+        time.sleep(claims.WAIT_POLL_S)
 
 
-def _claimed(cfg: RunConfig, method: Method, device: torch.device, *, parent_run_id: str | None, force: bool,
-             latency: bool, tags: dict[str, str] | None) -> RunResult:
+def _held(cfg: RunConfig, run_id: str | None = None) -> RunResult:
+    tqdm.write(f"{run_name(cfg)} is being run by another process" + (f" (run {run_id})" if run_id else "")
+               + ": not run here (wait for it, or run again later)")
+    return RunResult(cfg, run_id, schema.STATUS_HELD)
+
+
+def _close_dead_runs(cfg: RunConfig, data_fingerprint: str) -> list[str]:
+    """Close the RUNNING runs of this config whose process died (SIGKILL, power loss); the live ones' ids.
+
+    The caller holds the claim, so a RUNNING run is dead unless its runner tag names a live process here (its
+    claim file was deleted under it): the store ends with one FINISHED run per config and data.
+    """
+    live = []
+    running = tracking.running_runs(cfg.experiment, cfg.config_hash(), data_fingerprint=data_fingerprint)
+    for run_id, runner in running.items():
+        if claims.alive(runner):
+            live.append(run_id)
+        else:
+            tracking.end_run(run_id, schema.STATUS_KILLED, error="its process died; replaced by a new run")
+    return live
+
+
+def _claimed(cfg: RunConfig, method: Method, data: Dataset, device: torch.device, *, parent_run_id: str | None,
+             force: bool, latency: bool, tags: dict[str, str] | None) -> RunResult:
     if not force:
-        existing = tracking.find_run(cfg.experiment, cfg.config_hash())
+        existing = tracking.find_run(cfg.experiment, cfg.config_hash(), data_fingerprint=data.fingerprint)
         if existing is not None:
             tqdm.write(f"already finished in the store as run {existing}: skipped (use --force to run again)")
             return RunResult(cfg, existing, schema.STATUS_SKIPPED)
     else:
-        shutil.rmtree(finetune_dir(cfg), ignore_errors=True)
-    # RUNNING runs of this config whose process held no claim died (SIGKILL, power loss): close them, so the
-    # store ends with one FINISHED run per config.
-    for stale in tracking.stale_runs(cfg.experiment, cfg.config_hash()):
-        tracking.end_run(stale, schema.STATUS_KILLED, error="its process died; replaced by a new run")
-    data = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction, seed=cfg.seed,
-                        device=device, cache_dir=cfg.cache_dir)
+        shutil.rmtree(finetune_dir(cfg, data.fingerprint), ignore_errors=True)
     run_id = tracking.start_run(cfg.experiment, run_name(cfg), params=config_to_dict(cfg),
-                                tags={**run_tags(cfg, device), **(tags or {})}, parent_run_id=parent_run_id)
-    tracking.log_text(run_id, schema.ARTIFACT_CONFIG, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+                                tags={**run_tags(cfg, device, data.fingerprint), **(tags or {})},
+                                parent_run_id=parent_run_id)
 
     def log(metrics: dict[str, float], step: int) -> None:
         tracking.log_metrics(run_id, metrics, step=step)
 
     try:
+        # Inside the try: a Ctrl-C from here on leaves the run KILLED, never RUNNING.
+        tracking.log_text(run_id, schema.ARTIFACT_CONFIG, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         result = _stages(cfg, method, data, device, run_id, log, latency)
     except KeyboardInterrupt:
         tracking.end_run(run_id, schema.STATUS_KILLED, error="interrupted")
@@ -241,7 +278,7 @@ def _claimed(cfg: RunConfig, method: Method, device: torch.device, *, parent_run
         raise
     tracking.end_run(run_id, schema.STATUS_FINISHED)
     # Finished: a later --force run (or the same config in another experiment) must fine-tune afresh.
-    shutil.rmtree(finetune_dir(cfg), ignore_errors=True)
+    shutil.rmtree(finetune_dir(cfg, data.fingerprint), ignore_errors=True)
     return result
 
 
@@ -265,6 +302,7 @@ def _stages(cfg: RunConfig, method: Method, data: Dataset, device: torch.device,
                schema.FLOPS_DROP: 1 - flops / flops_base, schema.PARAMS_DROP: 1 - params / params_base,
                schema.TRAIN_TIME_S: trained.meta["train_time_s"]}
     if latency:
+        tracking.set_tags(run_id, load_tags())
         metrics.update(latency_metrics(final, data.in_shape, device))
     tracking.log_metrics(run_id, metrics)
     tracking.log_series(run_id, schema.ACC_AT_KEEP, {int(k): v for k, v in trained.meta["acc_at_keep"].items()})
@@ -276,13 +314,26 @@ def _stages(cfg: RunConfig, method: Method, data: Dataset, device: torch.device,
     return RunResult(cfg, run_id, schema.STATUS_FINISHED, metrics, cache_hit=trained.cache_hit)
 
 
-def load_model(run_id: str) -> nn.Module:
-    """The compressed model a run produced, rebuilt from its config and structure (weights_only loading)."""
-    cfg_dict = yaml.safe_load(tracking.load_text(run_id, schema.ARTIFACT_CONFIG))
+def load_model(run_id: str, cfg: RunConfig | None = None, *, trust_code: bool = False) -> nn.Module:
+    """The compressed model a run produced, rebuilt from its structure (weights loaded with weights_only=True).
+
+    The network is built from `cfg` when the caller has it (a sweep's own runs), else from the run's stored
+    config: a `module:factory` model named there would import and run code from the store, so it is refused
+    unless `trust_code` (the CLI's --trust-code) says the store is the caller's own.
+    """
+    if cfg is None:
+        stored = yaml.safe_load(tracking.load_text(run_id, schema.ARTIFACT_CONFIG))
+        if not isinstance(stored, dict) or not isinstance(stored.get("model"), str):
+            raise ValueError(f"run {run_id}: its {schema.ARTIFACT_CONFIG} names no model")
+        name, kwargs = stored["model"], stored.get("model_kwargs") or {}
+        if imports_code(name) and not trust_code:
+            module = name.partition(":")[0]
+            raise ValueError(f"run {run_id} was built by {name!r}: loading it would import and run module "
+                             f"{module!r}; pass trust_code=True (--trust-code) only for a store you trust")
+    else:
+        name, kwargs = cfg.model, cfg.model_kwargs
     state, structure = tracking.load_state(run_id)
-    cfg_dict.pop("budget", None)
-    model = create_model(cfg_dict["model"], structure["num_classes"], tuple(structure["in_shape"]),
-                         **cfg_dict["model_kwargs"])
+    model = create_model(name, structure["num_classes"], tuple(structure["in_shape"]), **kwargs)
     model = rebuild(model, structure)
     model.load_state_dict(state)
     return model.eval()

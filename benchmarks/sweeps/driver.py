@@ -6,6 +6,7 @@ recorded and the sweep goes on; latency is measured afterwards, on the otherwise
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections import Counter
@@ -16,14 +17,18 @@ from tqdm.auto import tqdm
 
 from benchmarks import tracking
 from benchmarks.config import EXECUTORS, ConfigError, RunConfig
-from benchmarks.data import check_available
+from benchmarks.data import check_available, fingerprint
+from benchmarks.run import claims
 from benchmarks.run.environment import check_writable, resolve_device
-from benchmarks.run.measure import latency_metrics
+from benchmarks.run.measure import latency_metrics, load_tags
 from benchmarks.run.pipeline import RunResult, load_model, run_name
 from benchmarks.sweeps import cluster
 from benchmarks.sweeps.grid import Sweep, expand, grid_hash, load_sweep
 from benchmarks.sweeps.local import run_parallel, run_sequential
 from benchmarks.tracking import schema
+
+# Exit code of a sweep that left runs to another process (nothing failed, the grid is not complete yet).
+EXIT_INCOMPLETE = 3
 
 
 def _check_inputs(runs: list[RunConfig]) -> None:
@@ -36,10 +41,27 @@ def _check_inputs(runs: list[RunConfig]) -> None:
         resolve_device(device)
 
 
+Identity = tuple[str, str]  # (config hash, data fingerprint): what makes two runs the same measurement
+
+
+def _identities(runs: list[RunConfig]) -> dict[str, Identity]:
+    """Each run's identity by config hash; each dataset is fingerprinted once (from its cache after the first)."""
+    prints = {key: fingerprint(key[0], data_root=key[1], cache_dir=key[2])
+              for key in dict.fromkeys((cfg.dataset, cfg.data_root, cfg.cache_dir) for cfg in runs)}
+    return {cfg.config_hash(): (cfg.config_hash(), prints[cfg.dataset, cfg.data_root, cfg.cache_dir]) for cfg in runs}
+
+
 def _finished_runs(experiment: str) -> pd.DataFrame:
-    """The experiment's FINISHED runs, with a config-hash column even when there are none."""
+    """The experiment's FINISHED runs, with config-hash and data-fingerprint columns even when there are none."""
     frame = tracking.search_runs(experiment, f"attributes.status = '{schema.STATUS_FINISHED}'")
-    return frame.reindex(columns=frame.columns.union([f"tags.{schema.TAG_CONFIG_HASH}"]))
+    columns = [f"tags.{schema.TAG_CONFIG_HASH}", f"tags.{schema.TAG_DATA_FINGERPRINT}"]
+    return frame.reindex(columns=frame.columns.union(columns))
+
+
+def _finished(experiment: str) -> set[Identity]:
+    frame = _finished_runs(experiment)
+    return set(zip(frame[f"tags.{schema.TAG_CONFIG_HASH}"], frame[f"tags.{schema.TAG_DATA_FINGERPRINT}"],
+                   strict=True))
 
 
 def _parent_run(sweep: Sweep, runs: list[RunConfig]) -> tuple[str, bool]:
@@ -54,10 +76,10 @@ def _parent_run(sweep: Sweep, runs: list[RunConfig]) -> tuple[str, bool]:
     return run_id, False
 
 
-def _plan(sweep: Sweep, runs: list[RunConfig], finished: set[str], how: str, parent: tuple[str, bool]) -> str:
+def _plan(sweep: Sweep, runs: list[RunConfig], done_hashes: set[str], how: str, parent: tuple[str, bool]) -> str:
     """What the sweep will do: runs by method, how many already finished, where results go."""
     total = Counter(cfg.method for cfg in runs)
-    done = Counter(cfg.method for cfg in runs if cfg.config_hash() in finished)
+    done = Counter(cfg.method for cfg in runs if cfg.config_hash() in done_hashes)
     width = max(len(m) for m in total)
     lines = [f"sweep {sweep.name}: {len(runs)} runs, {sum(done.values())} already finished, "
              f"{len(runs) - sum(done.values())} to run {how}",
@@ -69,41 +91,60 @@ def _plan(sweep: Sweep, runs: list[RunConfig], finished: set[str], how: str, par
     return "\n".join(lines)
 
 
-def _measure_missing_latency(experiment: str, runs: list[RunConfig]) -> None:
-    """Measure latency, on the now idle machine, of each FINISHED run of the grid that lacks it."""
-    by_hash = {cfg.config_hash(): cfg for cfg in runs}
+def _measure_missing_latency(experiment: str, runs: list[RunConfig], identities: dict[str, Identity]) -> None:
+    """Measure latency, on the now idle machine, of each FINISHED run of the grid that lacks it, once.
+
+    A run's latency is measured by one sweep only (a claim per run, and a second look at the store under it)
+    and never rewritten; a measurement taken while the CPU was busy is flagged.
+    """
+    by_identity = {identities[cfg.config_hash()]: cfg for cfg in runs}
     frame = _finished_runs(experiment)
     column = f"metrics.{schema.LATENCY_MS_B1}"
     if column in frame:
         frame = frame[frame[column].isna()]
-    frame = frame[frame[f"tags.{schema.TAG_CONFIG_HASH}"].isin(by_hash)]
-    for run_id, config_hash in tqdm(list(zip(frame["run_id"], frame[f"tags.{schema.TAG_CONFIG_HASH}"], strict=True)),
-                                    desc="latency", unit="run", leave=False, dynamic_ncols=True, disable=frame.empty):
-        in_shape = tuple(tracking.load_json(run_id, schema.ARTIFACT_STRUCTURE)["in_shape"])
-        device = resolve_device(by_hash[config_hash].device)
-        tracking.log_metrics(run_id, latency_metrics(load_model(run_id), in_shape, device))
+    found = [(row["run_id"], by_identity[key]) for row in frame.to_dict("records")
+             if (key := (row[f"tags.{schema.TAG_CONFIG_HASH}"], row[f"tags.{schema.TAG_DATA_FINGERPRINT}"]))
+             in by_identity]
+    for run_id, cfg in tqdm(found, desc="latency", unit="run", leave=False, dynamic_ncols=True, disable=not found):
+        with claims.claimed(f"latency-{run_id}", wait=False) as mine:
+            if not mine or tracking.has_metric(run_id, schema.LATENCY_MS_B1):
+                continue  # another sweep measures it, or has
+            in_shape = tuple(tracking.load_json(run_id, schema.ARTIFACT_STRUCTURE)["in_shape"])
+            device = resolve_device(cfg.device)
+            load = load_tags()
+            tracking.log_metrics(run_id, latency_metrics(load_model(run_id, cfg), in_shape, device))
+            tracking.set_tags(run_id, load)
 
 
 def _summary(name: str, results: list[RunResult], skipped_before: int, not_run: int, seconds: float) -> str:
-    """Counts of finished, skipped and failed runs, and each failure's run name and error."""
+    """Counts of finished, skipped, held and failed runs, and each failed or held run's name."""
     count = Counter(r.status for r in results)
     skipped = skipped_before + count[schema.STATUS_SKIPPED]
+    held = count[schema.STATUS_HELD]
     lines = [f"sweep {name}: {count[schema.STATUS_FINISHED]} finished, {skipped} skipped (already finished), "
-             f"{count[schema.STATUS_FAILED]} failed" + (f", {not_run} not run" if not_run else "")
+             + (f"{held} held by another process, " if held else "")
+             + f"{count[schema.STATUS_FAILED]} failed" + (f", {not_run} not run" if not_run else "")
              + f" in {seconds:.0f} s"]
     lines += [f"  FAILED {run_name(r.config)}: {r.error}" for r in results if r.status == schema.STATUS_FAILED]
+    lines += [f"  HELD {run_name(r.config)}: another process is running it (--wait waits for it)"
+              for r in results if r.status == schema.STATUS_HELD]
     return "\n".join(lines)
 
 
 def run_sweep(path: str, *, jobs: int = 1, executor: str = "local", address: str | None = None,
               local_cpus: int | None = None, cpus_per_run: int | None = None,
-              gpus_per_run: float | None = None) -> int:
-    """Run the sweep file at `path`: 0 when every run finished or was skipped, 1 when one failed, 130 when interrupted.
+              gpus_per_run: float | None = None, wait: bool = False) -> int:
+    """Run the sweep file at `path`: 0 when every run finished or was skipped, 1 when one failed, 3 when another
+    process holds some (the grid is incomplete), 130 when interrupted.
 
     A bad sweep file, executor, job count or Ray option, or a missing dataset, raises a one-line
     ConfigError/DataError before anything trains. The Ray options (see cluster.run_on_ray) need executor ray.
+    `wait` waits for runs another process holds (as the sweep file's `wait: true`).
     """
-    return run_grid(load_sweep(path), jobs=jobs, executor=executor, address=address, local_cpus=local_cpus,
+    sweep = load_sweep(path)
+    if wait:
+        sweep = dataclasses.replace(sweep, common={**sweep.common, "wait": True})
+    return run_grid(sweep, jobs=jobs, executor=executor, address=address, local_cpus=local_cpus,
                     cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
 
 
@@ -129,12 +170,14 @@ def run_grid(sweep: Sweep, *, jobs: int = 1, executor: str = "local", address: s
     _check_inputs(runs)
     # Created and migrated once here: MLflow's migrations race when several workers open a fresh store.
     tracking.ensure_store()
-    finished = set(_finished_runs(sweep.name)[f"tags.{schema.TAG_CONFIG_HASH}"].dropna())
-    pending = [cfg for cfg in runs if cfg.config_hash() not in finished]
+    identities = _identities(runs)
+    finished = _finished(sweep.name)
+    pending = [cfg for cfg in runs if identities[cfg.config_hash()] not in finished]
+    done_hashes = {cfg.config_hash() for cfg in runs} - {cfg.config_hash() for cfg in pending}
     parent = _parent_run(sweep, runs)
     how = f"as Ray tasks on {cluster.describe(address)}" if executor == "ray" else (
         f"with {jobs} job{'s' if jobs > 1 else ''}")
-    print(_plan(sweep, runs, finished, how, parent), flush=True)
+    print(_plan(sweep, runs, done_hashes, how, parent), flush=True)
     results: list[RunResult] = []
     started = time.perf_counter()
     status, error = schema.STATUS_FAILED, "the sweep stopped on an error"
@@ -147,10 +190,16 @@ def run_grid(sweep: Sweep, *, jobs: int = 1, executor: str = "local", address: s
                 run_sequential(pending, parent[0], results, bar)
             else:
                 run_parallel(pending, parent[0], jobs, results, bar)
-        _measure_missing_latency(sweep.name, runs)
+        _measure_missing_latency(sweep.name, runs, identities)
         failed = sum(r.status == schema.STATUS_FAILED for r in results)
-        status, error = (schema.STATUS_FAILED, f"{failed} of {len(runs)} runs failed") if failed else (
-            schema.STATUS_FINISHED, None)
+        held = sum(r.status == schema.STATUS_HELD for r in results)
+        if failed:
+            status, error = schema.STATUS_FAILED, f"{failed} of {len(runs)} runs failed"
+        elif held:
+            # Incomplete, not failed: the grid is FINISHED only once every run of it is.
+            status, error = schema.STATUS_KILLED, f"{held} of {len(runs)} runs held by another process"
+        else:
+            status, error = schema.STATUS_FINISHED, None
     except KeyboardInterrupt:
         status, error = schema.STATUS_KILLED, "interrupted"
         print("sweep interrupted: run the same command again to resume", file=sys.stderr)
@@ -159,5 +208,5 @@ def run_grid(sweep: Sweep, *, jobs: int = 1, executor: str = "local", address: s
         tracking.end_run(parent[0], status, error)
         print(_summary(sweep.name, results, len(runs) - len(pending), len(pending) - len(results),
                        time.perf_counter() - started), flush=True)
-    return 1 if status == schema.STATUS_FAILED else 0
+    return 1 if status == schema.STATUS_FAILED else EXIT_INCOMPLETE if status == schema.STATUS_KILLED else 0
 

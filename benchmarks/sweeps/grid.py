@@ -11,9 +11,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.config import TARGET_METRICS, ConfigError, RunConfig, check_keys, load_yaml, make_config, stable_hash
+from benchmarks.config import (
+    MAX_NAME,
+    TARGET_METRICS,
+    ConfigError,
+    RunConfig,
+    check_keys,
+    load_yaml,
+    make_config,
+    shown,
+    stable_hash,
+)
 from benchmarks.methods import get_method
-from benchmarks.run.pipeline import trained_key
+from benchmarks.run.pipeline import training_group
 
 # Top-level keys of a sweep file, with what each holds (the error for an unknown key lists them).
 SWEEP_KEYS = {
@@ -30,10 +40,11 @@ SWEEP_KEYS = {
     "cache_dir": "the trained-model cache",
     "exclude": "module-name globs every compression keeps whole",
     "mode": "LoRITa's forward mode",
+    "wait": "true: wait for runs another process is running on the store (default false: report them held)",
 }
 REQUIRED_KEYS = ("name", "models", "datasets", "methods")
 # Keys copied unchanged into every run's config.
-COMMON_KEYS = ("device", "cache_dir", "exclude", "mode")
+COMMON_KEYS = ("device", "cache_dir", "exclude", "mode", "wait")
 DATASET_KEYS = ("name", "data_root")
 
 
@@ -113,8 +124,9 @@ def parse_sweep(data: Mapping[str, Any]) -> Sweep:
         if key not in data:
             raise ConfigError(f"sweep: missing key {key!r} ({SWEEP_KEYS[key]})")
     name = data["name"]
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"sweep: name must be a non-empty string ({SWEEP_KEYS['name']}); got {name!r}")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+        raise ConfigError(f"sweep: name must be a non-empty string of at most {MAX_NAME} characters "
+                          f"({SWEEP_KEYS['name']}); got {shown(name)}")
     names = _as_list("methods", data["methods"])
     if not all(isinstance(m, str) for m in names):
         raise ConfigError(f"sweep: methods must be a list of method names; got {data['methods']!r}")
@@ -167,8 +179,8 @@ def expand(sweep: Sweep) -> list[RunConfig]:
     # start from the dense model) comes first and the runs that reuse it from the cache follow.
     first: dict[str, int] = {}
     for cfg in unique.values():
-        first.setdefault(trained_key(cfg), len(first))
-    return sorted(unique.values(), key=lambda cfg: first[trained_key(cfg)])
+        first.setdefault(training_group(cfg), len(first))
+    return sorted(unique.values(), key=lambda cfg: first[training_group(cfg)])
 
 
 def grid_hash(runs: list[RunConfig]) -> str:

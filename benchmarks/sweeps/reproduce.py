@@ -16,7 +16,7 @@ from benchmarks.methods import get_method
 from benchmarks.models import create_model
 from benchmarks.run.environment import resolve_device
 from benchmarks.run.measure import step_seconds, training_step
-from benchmarks.run.pipeline import trained_key
+from benchmarks.run.pipeline import training_group
 from benchmarks.sweeps.driver import run_grid
 from benchmarks.sweeps.grid import Sweep, expand, parse_sweep
 
@@ -108,8 +108,8 @@ def estimate(sweep: Sweep) -> Estimate:
         if (cfg.dataset, cfg.data_root) not in sizes:
             data = load_dataset(cfg.dataset, data_root=cfg.data_root, cache_dir=cfg.cache_dir)
             sizes[cfg.dataset, cfg.data_root] = (len(data.train_y), data.in_shape, data.num_classes)
-        if trained_key(cfg) not in trained:
-            trained.add(trained_key(cfg))
+        if training_group(cfg) not in trained:
+            trained.add(training_group(cfg))
             seconds += cost(cfg, cfg.factors) * cfg.budget.epochs
         if get_method(cfg.method).compresses:
             # A compressed model fine-tunes at most as slowly as the dense one trains.

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from benchmarks.config import RunConfig
-from benchmarks.run.pipeline import RunResult, trained_key
+from benchmarks.run.pipeline import RunResult, training_group
 
 Handle = TypeVar("Handle")
 
@@ -15,7 +15,7 @@ def groups(pending: list[RunConfig]) -> list[list[RunConfig]]:
     """Pending runs by the trained model they share, each group's first run the one that trains it."""
     found: dict[str, list[RunConfig]] = {}
     for cfg in pending:
-        found.setdefault(trained_key(cfg), []).append(cfg)
+        found.setdefault(training_group(cfg), []).append(cfg)
     return list(found.values())
 
 

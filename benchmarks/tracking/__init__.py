@@ -1,4 +1,5 @@
-"""The suite's one door to MLflow: the store and its queries, the delivery of every write, the outbox, the schema.
+"""The suite's one door to MLflow: the store and its queries, the delivery of every write, the outbox and its sender
+thread, the safe making of a SQLite store, the schema.
 
 `from benchmarks import tracking` then `tracking.start_run(...)`, `tracking.log_metrics(...)`, `tracking.find_run(...)`.
 """
@@ -18,29 +19,32 @@ from benchmarks.tracking.delivery import (
     start_run,
     sync,
 )
+from benchmarks.tracking.sqlite_store import StoreError
 from benchmarks.tracking.store import (
     ARTIFACTS_DIR,
     DB_FILE,
+    MissingArtifact,
     client,
     environment,
     find_run,
     get_or_create_experiment,
+    has_metric,
     is_http,
     load_json,
     load_state,
     load_text,
     metric_history,
+    running_runs,
     search_runs,
-    serve_ui,
     sqlite_db,
-    stale_runs,
     tracking_uri,
     ui_command,
 )
 
 __all__ = [
-    "ARTIFACTS_DIR", "DB_FILE", "SyncResult", "client", "end_run", "ensure_store", "environment", "find_run",
-    "flatten", "get_or_create_experiment", "is_http", "load_json", "load_state", "load_text", "log_history",
-    "log_json", "log_metrics", "log_series", "log_state", "log_text", "metric_history", "search_runs", "serve_ui",
-    "set_tags", "sqlite_db", "stale_runs", "start_run", "sync", "tracking_uri", "ui_command",
+    "ARTIFACTS_DIR", "DB_FILE", "MissingArtifact", "StoreError", "SyncResult", "client", "end_run", "ensure_store",
+    "environment", "find_run", "flatten", "get_or_create_experiment", "has_metric", "is_http", "load_json",
+    "load_state", "load_text", "log_history", "log_json", "log_metrics", "log_series", "log_state", "log_text",
+    "metric_history", "running_runs", "search_runs", "set_tags", "sqlite_db", "start_run", "sync",
+    "tracking_uri", "ui_command",
 ]

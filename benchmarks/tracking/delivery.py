@@ -1,5 +1,7 @@
-"""Writing runs: params, metrics, tags, artifacts and ends, each delivered at once to a database store, or
-through the outbox to a tracking server so that nothing is lost while it is away (`sync` sends what waits)."""
+"""Writing runs: params, metrics, tags, artifacts and ends, each delivered at once to a database store, or through
+the outbox to a tracking server: the caller only queues the record, the process's sender thread delivers it (see
+`sender`), so that nothing is lost while the server is away and no training step waits on it (`sync` sends what
+still waits)."""
 
 from __future__ import annotations
 
@@ -7,40 +9,39 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 from benchmarks.errors import one_line
-from benchmarks.tracking import outbox, schema
+from benchmarks.tracking import outbox, schema, sender
+from benchmarks.tracking.sender import MAX_PARAMS_TAGS_PER_BATCH, SEND_SETTINGS, chunks
 from benchmarks.tracking.store import (
     check_store,
     client,
     get_or_create_experiment,
     is_http,
+    mlflow_settings,
+    shown_uri,
     tracking_uri,
-    with_mlflow_defaults,
+    unreachable,
 )
 
-# MLflow's caps on one log_batch call (params and tags count together).
-_MAX_PARAMS_TAGS_PER_BATCH = 100
-_MAX_METRICS_PER_BATCH = 1000
-# A server that stopped answering is not asked again for this long; meanwhile records wait in the outbox.
-_AWAY_S = 30.0
-_away_until: dict[str, float] = {}
-_warned: set[str] = set()
-
-_T = TypeVar("_T")
+# How long ending a run waits for its records to reach a tracking server that answers (a server that does not
+# answer ends the wait at once); what is still queued then stays in the outbox for `sync` or the next run.
+END_WAIT_S = 20.0
 
 
 def ensure_store(uri: str | None = None) -> None:
-    """Create and migrate the store, or check that the tracking server answers; call before any worker."""
+    """Create and migrate the store, or check that the tracking server answers; call before any worker.
+
+    A store this suite cannot use is named in one line: StoreError (a ValueError), or ConnectionError for a server.
+    """
     uri = uri or tracking_uri()
     check_store(uri)
     # Records an earlier run kept while the server was away go first, so no finished run looks unfinished.
@@ -62,11 +63,6 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _tag_value(value: Any) -> str:
     # Lower-case booleans match MLflow's own tags and keep filters simple: tags.cache_hit = 'true'.
     if isinstance(value, bool):
@@ -79,69 +75,15 @@ def _tag_values(tags: Mapping[str, Any]) -> dict[str, str]:
     return {key: _tag_value(value) for key, value in tags.items() if value is not None}
 
 
-def _unreachable(exc: BaseException) -> bool:
-    """Whether `exc` means the server did not answer, as opposed to answering with an error."""
-    text = str(exc)
-    return isinstance(exc, OSError) or (
-        isinstance(exc, MlflowException) and text.startswith("API request to") and " failed with " in text)
-
-
-@with_mlflow_defaults
-def _send(uri: str, run_id: str, record: Mapping[str, Any]) -> None:
-    """Deliver one record (see _deliver) to the store at `uri`."""
-    mlc = MlflowClient(uri)
-    op = record["op"]
-    if op == "metrics":
-        for chunk in _chunks([Metric(*entry) for entry in record["metrics"]], _MAX_METRICS_PER_BATCH):
-            mlc.log_batch(run_id, metrics=chunk)
-    elif op == "tags":
-        for chunk in _chunks([RunTag(k, v) for k, v in record["tags"].items()], _MAX_PARAMS_TAGS_PER_BATCH):
-            mlc.log_batch(run_id, tags=chunk)
-    elif op == "text":
-        mlc.log_text(run_id, record["text"], record["name"])
-    elif op == "file":
-        mlc.log_artifact(run_id, record["path"])
-    elif op == "end":
-        mlc.set_terminated(run_id, record["status"], end_time=record["end_time"])
-    else:
-        raise ValueError(f"outbox record of unknown kind {op!r}")
-
-
-def _flush(run_id: str) -> bool:
-    """Send the run's queued records in order (caller holds its outbox lock); False when the server is away."""
-    queue = outbox.records(run_id)
-    for i, record in enumerate(queue):
-        uri = record["uri"]
-        if time.monotonic() < _away_until.get(uri, 0.0):
-            return False
-        try:
-            _send(uri, run_id, record)
-        except Exception as exc:
-            if not _unreachable(exc):
-                outbox.replace(run_id, queue[i + 1 :])  # the server refused it: sending it again cannot help
-                raise
-            _away_until[uri] = time.monotonic() + _AWAY_S
-            if run_id not in _warned:
-                _warned.add(run_id)
-                print(f"tracking server {uri} unreachable ({one_line(exc)[:160]}); run {run_id} goes on and "
-                      f"keeps its records in {outbox.folder()} until the server answers (or: lorita-bench sync)",
-                      file=sys.stderr, flush=True)
-            return False
-        outbox.replace(run_id, queue[i + 1 :])
-    return True
-
-
 def _deliver(run_id: str, record: dict[str, Any]) -> None:
-    """Record something about a run; with a tracking server, through the outbox so that nothing is lost."""
+    """Record something about a run; with a tracking server, queued in the outbox for the sender thread."""
     uri = tracking_uri()
     if not is_http(uri):
-        _send(uri, run_id, record)
+        sender.send(uri, run_id, record)
         return
-    if record["op"] == "file":  # the caller's file is temporary
-        record = {**record, "path": outbox.keep_file(run_id, Path(record["path"]))}
-    with outbox.locked(run_id):
-        outbox.keep(run_id, {**record, "uri": uri})
-        _flush(run_id)
+    file = Path(record["path"]) if record["op"] == "file" else None  # the caller's file is temporary: kept
+    outbox.keep(run_id, {**record, "uri": uri}, file=file)
+    sender.wake(run_id)
 
 
 @dataclass
@@ -155,18 +97,17 @@ class SyncResult:
 
 def sync() -> SyncResult:
     """Send every record the outbox holds to its tracking server (`lorita-bench sync`)."""
-    _away_until.clear()
+    sender.forget_away()
     result = SyncResult([], [], [])
     for run_id in outbox.runs():
         with outbox.locked(run_id):
             try:
-                (result.sent if _flush(run_id) else result.waiting).append(run_id)
+                (result.sent if sender.flush(run_id) else result.waiting).append(run_id)
             except Exception as exc:  # noqa: BLE001 - one refused record must not keep other runs from syncing
                 result.refused.append(f"run {run_id}: {one_line(exc)}")
     return result
 
 
-@with_mlflow_defaults
 def start_run(
     experiment: str,
     run_name: str,
@@ -175,17 +116,35 @@ def start_run(
     tags: Mapping[str, Any],
     parent_run_id: str | None = None,
 ) -> str:
-    """Create a RUNNING run in `experiment` with the flattened `params` and `tags`; return its id."""
+    """Create a RUNNING run in `experiment` with the flattened `params` and `tags`; return its id.
+
+    The run's id comes from the store, so this waits for it: a tracking server that does not answer within
+    sender.SEND_SETTINGS' timeout is a one-line ConnectionError.
+    """
+    uri = tracking_uri()
+    try:
+        with mlflow_settings(SEND_SETTINGS if is_http(uri) else {}):
+            return _create_run(experiment, run_name, params, tags, parent_run_id)
+    except MlflowException as exc:
+        if not (is_http(uri) and unreachable(exc)):
+            raise
+        raise ConnectionError(f"tracking server {shown_uri(uri)} did not answer while starting run {run_name!r} of "
+                              f"experiment {experiment!r}: {one_line(exc)[:300]}") from None
+
+
+def _create_run(experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, Any],
+                parent_run_id: str | None) -> str:
     run_tags = _tag_values(tags)
     if parent_run_id is not None:
         run_tags[schema.TAG_PARENT_RUN_ID] = parent_run_id
-    mlc = client()
-    experiment_id = get_or_create_experiment(experiment)
-    # Tags go in with the run itself, so a lookup by config_hash never sees the run without them.
-    run_id = mlc.create_run(experiment_id, tags=run_tags, run_name=run_name).info.run_id
-    entries = [Param(key, value) for key, value in flatten(params).items()]
-    for chunk in _chunks(entries, _MAX_PARAMS_TAGS_PER_BATCH):
-        mlc.log_batch(run_id, params=chunk)
+    with mlflow_settings():
+        mlc = client()
+        experiment_id = get_or_create_experiment(experiment)
+        # Tags go in with the run itself, so a lookup by config_hash never sees the run without them.
+        run_id = mlc.create_run(experiment_id, tags=run_tags, run_name=run_name).info.run_id
+        entries = [Param(key, value) for key, value in flatten(params).items()]
+        for chunk in chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
+            mlc.log_batch(run_id, params=chunk)
     return run_id
 
 
@@ -238,9 +197,17 @@ def log_state(run_id: str, state_dict: Mapping[str, Any], structure: Mapping[str
 
 
 def end_run(run_id: str, status: str = schema.STATUS_FINISHED, error: str | None = None) -> None:
-    """Terminate the run with `status`; a FAILED run (or any given `error`) gets the error tag."""
+    """Terminate the run with `status`; a FAILED run (or any given `error`) gets the error tag.
+
+    With a tracking server, waits up to END_WAIT_S for the run's records to arrive; what has not is named in a
+    one-line warning and stays in the outbox.
+    """
     if error is not None or status == schema.STATUS_FAILED:
         set_tags(run_id, {schema.TAG_ERROR: error or "unknown error"})
     _deliver(run_id, {"op": "end", "status": status, "end_time": int(time.time() * 1000)})
-
-
+    uri = tracking_uri()
+    if is_http(uri) and not sender.wait_sent(run_id, END_WAIT_S):
+        waiting = len(outbox.records(run_id))
+        print(f"lorita-bench: warning: run {run_id} ended with {waiting} record(s) the tracking server "
+              f"{shown_uri(uri)} has not received; they wait in {outbox.folder()} (lorita-bench sync sends them, "
+              "as does the next run)", file=sys.stderr, flush=True)

@@ -1,8 +1,10 @@
 """Tracking records kept on disk, in order, per run, until the tracking server has them.
 
-While a tracking server is away, what a run measures lands here instead of being lost; `tracking` sends it
-when the server answers again (or on `lorita-bench sync`). One JSON-lines file per run, plus a folder for
-its artifact files; a lock per run keeps a sync and the run itself from sending the same record twice.
+Every record for a tracking server lands here first, so that nothing is lost while the server is away and no
+training step waits on it; `tracking` sends it in the background (or on `lorita-bench sync`). One JSON-lines file
+per run, plus a folder for its artifact files. Two locks per run, between processes and threads: the send lock
+keeps a sync and the run itself from sending the same record twice, and is held while records travel; the queue
+lock is held only for the moment a record is added or removed, so that adding one never waits on the network.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,11 +25,25 @@ from benchmarks.files import write_atomic
 
 OUTBOX_ENV = "LORITA_BENCH_OUTBOX"
 DEFAULT_FOLDER = Path(DEFAULT_CACHE_DIR) / "outbox"
+_thread = threading.local()
 
 
 def folder() -> Path:
-    """$LORITA_BENCH_OUTBOX, else .cache/lorita-bench/outbox under the working directory (absolute)."""
-    return Path(os.environ.get(OUTBOX_ENV) or DEFAULT_FOLDER).absolute()
+    """This thread's outbox (see `at`), else $LORITA_BENCH_OUTBOX, else .cache/lorita-bench/outbox under the working
+    directory (absolute)."""
+    return getattr(_thread, "folder", None) or Path(os.environ.get(OUTBOX_ENV) or DEFAULT_FOLDER).absolute()
+
+
+@contextmanager
+def at(path: Path) -> Iterator[None]:
+    """Use the outbox at `path` in this thread for the block: the sender thread serves each run from the outbox its
+    records went to, though the environment or working directory may have changed since."""
+    saved = getattr(_thread, "folder", None)
+    _thread.folder = path
+    try:
+        yield
+    finally:
+        _thread.folder = saved
 
 
 def _records_file(run_id: str) -> Path:
@@ -38,29 +55,35 @@ def _files_dir(run_id: str) -> Path:
 
 
 @contextmanager
-def locked(run_id: str) -> Iterator[None]:
-    """Hold the run's outbox lock (between processes) for the block."""
+def locked(run_id: str, timeout: float = -1) -> Iterator[None]:
+    """Hold the run's send lock (between processes and threads) for the block; filelock.Timeout when another holds
+    it for longer than `timeout` seconds (default: wait)."""
     folder().mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder() / f".{run_id}.lock")):
+    with FileLock(str(folder() / f".{run_id}.lock"), timeout=timeout):
         yield
 
 
-def keep(run_id: str, record: dict[str, Any]) -> None:
-    """Append `record` to the run's queue (durably: it must survive the process)."""
+@contextmanager
+def _queue_locked(run_id: str) -> Iterator[None]:
+    folder().mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder() / f".{run_id}.queue.lock")):
+        yield
+
+
+def keep(run_id: str, record: dict[str, Any], file: Path | None = None) -> None:
+    """Append `record` to the run's queue (durably: it must survive the process); `file`, a temporary file the
+    record stands for, is copied into the run's outbox folder first and named by the record's "path"."""
     path = _records_file(run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def keep_file(run_id: str, source: Path) -> str:
-    """Copy `source` into the run's outbox folder (the original is temporary); returns the kept path."""
-    target = _files_dir(run_id) / source.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return str(target)
+    with _queue_locked(run_id):  # with the copy: removing the run's last record must not remove a file just kept
+        if file is not None:
+            target = _files_dir(run_id) / file.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+            record = {**record, "path": str(target)}
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def records(run_id: str) -> list[dict[str, Any]]:
@@ -68,17 +91,25 @@ def records(run_id: str) -> list[dict[str, Any]]:
     path = _records_file(run_id)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    with _queue_locked(run_id):  # a record being appended is read whole or not at all
+        text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def replace(run_id: str, remaining: list[dict[str, Any]]) -> None:
-    """Keep only `remaining` in the run's queue; an empty queue removes the run from the outbox."""
+def drop(run_id: str, count: int = 1) -> None:
+    """Remove the run's `count` oldest records (sent, or refused); an empty queue removes the run from the outbox.
+
+    Only the holder of the send lock removes records and others only append, so the oldest are the ones it sent.
+    """
     path = _records_file(run_id)
-    if remaining:
-        write_atomic(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in remaining)))
-        return
-    path.unlink(missing_ok=True)
-    shutil.rmtree(_files_dir(run_id), ignore_errors=True)
+    with _queue_locked(run_id):
+        lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        remaining = lines[count:]
+        if remaining:
+            write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in remaining)))
+            return
+        path.unlink(missing_ok=True)
+        shutil.rmtree(_files_dir(run_id), ignore_errors=True)
 
 
 def runs() -> list[str]:

@@ -61,6 +61,7 @@ TAG_DATASET = "dataset"
 TAG_FACTORS = "factors"
 TAG_BUDGET_HASH = "budget_hash"
 TAG_CONFIG_HASH = "config_hash"  # identifies the run's settings: find_run looks finished runs up by it
+TAG_RUNNER = "runner"  # host:pid:start time of the process running the run, so a live run is told from a dead one
 TAG_DATA_FINGERPRINT = "data_fingerprint"  # identifies the data's content: with config_hash, the run's identity
 TAG_GIT_COMMIT = "git_commit"
 TAG_TORCH_VERSION = "torch_version"
@@ -68,6 +69,8 @@ TAG_CPU_MODEL = "cpu_model"
 TAG_THREADS = "threads"
 TAG_GPU_NAME = "gpu_name"
 TAG_CACHE_HIT = "cache_hit"  # "true" when the trained model came from the cache, else "false"
+TAG_LATENCY_CPU_BUSY = "latency_cpu_busy"  # fraction of CPU time other work used just before latency was measured
+TAG_LATENCY_UNDER_LOAD = "latency_under_load"  # "true" when that fraction was above measure.LOADED_BUSY
 TAG_ERROR = "error"  # message of a FAILED run
 TAG_SWEEP = "sweep"  # name of the sweep, on the sweep's parent run and on each of its runs
 TAG_GRID_HASH = "sweep_grid_hash"  # on a sweep's parent run: hash of its grid, so a rerun reuses the parent
@@ -90,3 +93,5 @@ STATUS_FAILED = "FAILED"
 STATUS_KILLED = "KILLED"
 # Not MLflow's: what a sweep or `run` says of a config it did not run because the store already holds it FINISHED.
 STATUS_SKIPPED = "SKIPPED"
+# Not MLflow's either: a config that another process was running on the same store when this one came to it.
+STATUS_HELD = "HELD"

@@ -11,26 +11,30 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pandas as pd
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
+from sqlalchemy.exc import SQLAlchemyError
 
 from benchmarks.errors import one_line
-from benchmarks.tracking import outbox, schema
+from benchmarks.tracking import outbox, schema, sqlite_store
+from benchmarks.tracking.sqlite_store import StoreError
 
 # MLflow settings the suite's calls use unless the user set them (MLflow reads them at each request, so they are
-# applied around our calls, never to the process at import). A failed request is retried for minutes by default,
-# stalling training; records that still fail wait in the outbox, so giving up after seconds loses nothing. A
+# applied around our calls, never to the process at import). A failed request is retried for minutes by default;
+# queries give up sooner, and records sent to a server use the sender's still shorter settings (sender.py). A
 # progress bar per downloaded artifact (each small JSON file) floods benchmark logs.
 MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
@@ -44,8 +48,33 @@ ARTIFACTS_DIR = "mlartifacts"
 _PAGE_SIZE = 1000
 # The reachability probe of check_store: one try, a short timeout, instead of MLflow's minutes of retries.
 _PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+# How much of a third party's error message a one-line error quotes.
+_REASON_CHARS = 300
 _T = TypeVar("_T")
 _INFO_COLUMNS = ["run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time"]
+# MLflow reads its settings from the environment, which is the whole process's: a thread that changes them for its
+# calls holds this lock until those calls return, so another thread's calls never run under its values. Reentrant:
+# a call made with settings may call another that applies them again.
+_SETTINGS_LOCK = threading.RLock()
+
+
+def _new_settings_lock() -> None:
+    global _SETTINGS_LOCK
+    _SETTINGS_LOCK = threading.RLock()
+
+
+# A child forked while another thread (the sender) held the lock would wait on it forever: it starts with its own.
+os.register_at_fork(after_in_child=_new_settings_lock)
+
+
+class MissingArtifact(ValueError):
+    """A run's artifact file is not in the store (its artifact folder was deleted, or it never arrived)."""
+
+    def __init__(self, run_id: str, name: str, uri: str) -> None:
+        super().__init__(f"run {run_id} has no artifact {name} in the tracking store {shown_uri(uri)}: its artifacts "
+                         "were deleted or never arrived")
+        self.run_id = run_id
+        self.name = name
 
 
 def tracking_uri() -> str:
@@ -86,28 +115,83 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
+@contextmanager
+def mlflow_settings(defaults: Mapping[str, str] = MLFLOW_DEFAULTS, *,
+                    overrides: Mapping[str, str] | None = None) -> Iterator[None]:
+    """MLflow's environment settings for the MLflow calls of a `with` block: `defaults` where the environment sets
+    none (the user's, or an enclosing block's, win), `overrides` always; one thread at a time."""
+    values = {key: value for key, value in defaults.items() if key not in os.environ}
+    with _SETTINGS_LOCK, environment({**values, **(overrides or {})}):
+        yield
+
+
 def with_mlflow_defaults(fn: Callable[..., _T]) -> Callable[..., _T]:
     """`fn` run with MLFLOW_DEFAULTS set, except those the user's environment sets."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> _T:
-        with environment({key: value for key, value in MLFLOW_DEFAULTS.items() if key not in os.environ}):
+        with mlflow_settings():
             return fn(*args, **kwargs)
 
     return wrapper
 
 
+def shown_uri(uri: str) -> str:
+    """`uri` as an error message shows it: without a password (mysql://user:secret@host -> mysql://user:***@host)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, on one line: a database error's own words, without SQLAlchemy's statement and links."""
+    return one_line(getattr(exc, "orig", None) or exc)[:_REASON_CHARS]
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` means the server did not answer, as opposed to answering with an error."""
+    text = str(exc)
+    return isinstance(exc, OSError) or (
+        isinstance(exc, MlflowException) and text.startswith("API request to") and " failed with " in text)
+
+
 def check_store(uri: str) -> None:
-    """Create and migrate a database store, or check that a tracking server answers (one-line ConnectionError)."""
-    if not is_http(uri):
-        # Opening a SQL store creates its tables; done once by the driver because MLflow's migrations race when
-        # several processes open a fresh SQLite file at the same time.
-        MlflowClient(uri).search_experiments(max_results=1)
+    """Create and migrate a database store, or check that a tracking server answers: a store this suite cannot use
+    is named in one line (StoreError, a ValueError; ConnectionError for a server), before any run starts."""
+    if is_http(uri):
+        _probe_server(uri)
         return
-    with environment(_PROBE_ENV):
+    shown = shown_uri(uri)
+    db = sqlite_db(uri)
+    if db is not None:
+        # MLflow would create and migrate the file in place, racing other processes: see sqlite_store.
+        sqlite_store.prepare(db)
+    try:
+        with mlflow_settings():
+            MlflowClient(uri).search_experiments(max_results=1)
+    except ImportError as exc:  # mysql://, postgresql://, mssql:// without their driver
+        raise StoreError(f"tracking store {shown} needs the database driver {exc.name or exc}, which is not "
+                         "installed") from None
+    except (MlflowException, SQLAlchemyError, OSError, ValueError) as exc:
+        if urlsplit(uri).scheme in ("", "file"):
+            # A bare path is a folder store too; MLflow 3 refuses those unless MLFLOW_ALLOW_FILE_STORE is set.
+            raise StoreError(f"tracking URI {shown} names a folder store, which MLflow refuses unless "
+                             "MLFLOW_ALLOW_FILE_STORE=true: use sqlite:///<path>/mlflow.db or http://<host>:<port>"
+                             ) from None
+        raise StoreError(f"tracking store {shown} cannot be used: {_reason(exc)}") from None
+
+
+def _probe_server(uri: str) -> None:
+    with mlflow_settings(overrides=_PROBE_ENV):
         try:
             MlflowClient(uri).search_experiments(max_results=1)
-        except MlflowException as exc:
-            raise ConnectionError(f"tracking server {uri} unreachable: {one_line(exc)}") from None
+        except (MlflowException, ValueError, OSError) as exc:
+            text = _reason(exc)
+            if unreachable(exc) and "BadStatusLine" not in text:
+                raise ConnectionError(f"tracking server {shown_uri(uri)} unreachable: {text}") from None
+            # It answered, but not as MLflow does: another service, a proxy's error page, a wrong port.
+            raise ConnectionError(f"tracking server {shown_uri(uri)} did not answer as an MLflow server (is the URI "
+                                  f"right?): {text}") from None
 
 
 def _artifact_location(name: str) -> str | None:
@@ -122,6 +206,11 @@ def _artifact_location(name: str) -> str | None:
 @with_mlflow_defaults
 def get_or_create_experiment(name: str) -> str:
     """Id of the experiment called `name`, created if missing."""
+    if not name or len(name) > MAX_EXPERIMENT_NAME_LENGTH:
+        # MLflow's own refusal comes only from the create call, as a multi-line error.
+        raise StoreError(f"experiment name {name[:40]!r}{'...' if len(name) > 40 else ''} has {len(name)} "
+                         f"characters: MLflow takes 1 to {MAX_EXPERIMENT_NAME_LENGTH} (tracking store "
+                         f"{shown_uri(tracking_uri())})")
     mlc = client()
     experiment = mlc.get_experiment_by_name(name)
     if experiment is None:
@@ -139,11 +228,18 @@ def get_or_create_experiment(name: str) -> str:
 
 @with_mlflow_defaults
 def _download(run_id: str, name: str, into: str) -> Path:
-    return Path(client().download_artifacts(run_id, name, into))
+    try:
+        return Path(client().download_artifacts(run_id, name, into))
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+    except FileNotFoundError:
+        pass
+    raise MissingArtifact(run_id, name, tracking_uri())
 
 
 def load_text(run_id: str, name: str) -> str:
-    """The text artifact `name` of a run."""
+    """The text artifact `name` of a run (MissingArtifact when the store does not have it)."""
     with tempfile.TemporaryDirectory() as tmp:
         return _download(run_id, name, tmp).read_text()
 
@@ -195,16 +291,22 @@ def find_run(
 
 
 @with_mlflow_defaults
-def stale_runs(experiment: str, config_hash: str, *, data_fingerprint: str | None = None) -> list[str]:
-    """RUNNING runs of this config (and data) with nothing waiting in the outbox: the caller holds the config's
-    claim, so their process died without ending them."""
+def running_runs(experiment: str, config_hash: str, *, data_fingerprint: str | None = None) -> dict[str, str | None]:
+    """{run id: its runner tag} of the RUNNING runs of this config (and data) with nothing waiting in the outbox."""
     mlc = client()
     found = mlc.get_experiment_by_name(experiment)
     if found is None:
-        return []
+        return {}
     query = f"{_identity_filter(config_hash, data_fingerprint)} AND attributes.status = '{schema.STATUS_RUNNING}'"
     runs = _all_pages(lambda t: mlc.search_runs([found.experiment_id], query, page_token=t))
-    return [run.info.run_id for run in runs if not outbox.pending(run.info.run_id)]
+    return {run.info.run_id: run.data.tags.get(schema.TAG_RUNNER) for run in runs
+            if not outbox.pending(run.info.run_id)}
+
+
+@with_mlflow_defaults
+def has_metric(run_id: str, name: str) -> bool:
+    """Whether the run has logged metric `name` (read from the store now, not from an earlier search)."""
+    return name in client().get_run(run_id).data.metrics
 
 
 def _all_pages(search: Callable[[str | None], Any]) -> list:
@@ -260,7 +362,7 @@ def metric_history(run_id: str, name: str) -> list[tuple[int, float]]:
 
 
 def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """The `mlflow ui` command line that serve_ui runs for tracking_uri()."""
+    """The `mlflow ui` command line that `lorita-bench ui` runs (and stops with its children) for tracking_uri()."""
     uri = tracking_uri()
     if is_http(uri):
         raise ValueError(f"runs are tracked by the server {uri}: open its UI there")
@@ -273,7 +375,3 @@ def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
         command += ["--artifacts-destination", str(db.parent / ARTIFACTS_DIR)]
     return command
 
-
-def serve_ui(host: str = "127.0.0.1", port: int = 5000) -> None:
-    """Serve the MLflow UI for tracking_uri() on host:port (local-only by default); blocks until it exits."""
-    subprocess.run(ui_command(host, port), check=True)
