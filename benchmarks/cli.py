@@ -259,7 +259,8 @@ def _summary(result) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lorita-bench` console script.
 
-    Exit codes: 0 done, 1 a run failed, 2 bad input (one line), 130 Ctrl-C, 143 SIGTERM (resumable commands say so).
+    Exit codes: 0 done, 1 a run failed, 2 bad input (one line), 3 another process holds a run (run, sweep), 130 Ctrl-C,
+    143 SIGTERM (resumable commands say so).
     """
     # First of all, so that a signal during start-up (parsing, importing torch and MLflow) also ends in one line.
     # Ctrl-C or SIGTERM during training finishes the batch and saves a checkpoint there before stopping.

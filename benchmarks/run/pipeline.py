@@ -40,7 +40,7 @@ class RunResult:
 
     config: RunConfig
     run_id: str | None
-    status: str  # a schema status: FINISHED, FAILED, KILLED or SKIPPED (already finished in the store)
+    status: str  # a schema status: FINISHED, FAILED, KILLED, SKIPPED (already finished) or HELD (another's)
     metrics: dict[str, float] = field(default_factory=dict)
     cache_hit: bool = False
     error: str | None = None
@@ -206,7 +206,6 @@ def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = F
     A config (on the same data) that another process is running on this store comes back HELD, unless `cfg.wait`:
     then this waits for it to end and skips it when it finished (or runs it when it died).
     """
-    wait = cfg.wait
     method = get_method(cfg.method)
     cfg = method.resolve(cfg)
     device = resolve_device(cfg.device)
@@ -216,14 +215,14 @@ def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = F
     data = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction, seed=cfg.seed,
                         device=device, cache_dir=cfg.cache_dir)
     while True:
-        with claims.claimed(run_key(cfg, data.fingerprint), wait=wait) as held:
+        with claims.claimed(run_key(cfg, data.fingerprint), wait=cfg.wait) as held:
             if not held:
                 return _held(cfg)
             live = _close_dead_runs(cfg, data.fingerprint)
             if not live:
                 return _claimed(cfg, method, data, device, parent_run_id=parent_run_id, force=force,
                                 latency=latency, tags=tags)
-        if not wait:
+        if not cfg.wait:
             return _held(cfg, live[0])
         time.sleep(claims.WAIT_POLL_S)
 

@@ -48,7 +48,7 @@ def _identities(runs: list[RunConfig]) -> dict[str, Identity]:
     """Each run's identity by config hash; each dataset is fingerprinted once (from its cache after the first)."""
     prints = {key: fingerprint(key[0], data_root=key[1], cache_dir=key[2])
               for key in dict.fromkeys((cfg.dataset, cfg.data_root, cfg.cache_dir) for cfg in runs)}
-    return {cfg.config_hash(): (cfg.config_hash(), prints[cfg.dataset, cfg.data_root, cfg.cache_dir]) for cfg in runs}
+    return {(h := cfg.config_hash()): (h, prints[cfg.dataset, cfg.data_root, cfg.cache_dir]) for cfg in runs}
 
 
 def _finished_runs(experiment: str) -> pd.DataFrame:

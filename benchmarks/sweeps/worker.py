@@ -33,7 +33,6 @@ WATCH_S = 0.2
 # (a notebook, a test) must run.
 _interrupted = False
 _in_worker = False
-_running = False  # a run is in execute() in this process
 # Between run_one and the watch thread: either a run starts or the worker is told to stop, never both half-way.
 _lock = threading.Lock()
 _idle = threading.Event()  # set while no run is in execute(): a worker whose parent died may leave then
@@ -72,7 +71,7 @@ def worker_env(threads: int) -> dict[str, str]:
 def _on_signal(signum: int, frame: Any) -> None:
     global _interrupted
     _interrupted = True  # no further run starts here
-    if _running:
+    if not _idle.is_set():
         interrupts.handle(signum, frame)
     # Between runs the worker waits in the executor's code: nothing is unsaved, and an exception there would print
     # the executor's traceback and break the pool. The parent shuts the pool down, or the watch ends a lost worker.
@@ -83,7 +82,7 @@ def _stop(why: str) -> None:
     global _interrupted
     with _lock:
         _interrupted = True
-        if _running:
+        if not _idle.is_set():
             interrupts.request(why)
 
 
@@ -110,11 +109,10 @@ def _watch(parent: Parent) -> None:
 
 def run_one(cfg: RunConfig, parent_run_id: str, latency: bool) -> RunResult:
     """Execute one run of the sweep; its failure (recorded FAILED by execute) comes back as a FAILED result."""
-    global _interrupted, _running
+    global _interrupted
     with _lock:
         if _interrupted:
             return RunResult(cfg, None, schema.STATUS_KILLED, error="interrupted")
-        _running = True
         _idle.clear()
     try:
         result = execute(cfg, parent_run_id=parent_run_id, latency=latency, tags={schema.TAG_SWEEP: cfg.experiment})
@@ -128,6 +126,5 @@ def run_one(cfg: RunConfig, parent_run_id: str, latency: bool) -> RunResult:
         result = RunResult(cfg, tracking.find_run(cfg.experiment, cfg.config_hash(), (schema.STATUS_FAILED,)),
                            schema.STATUS_FAILED, error=one_line(err, kind=True))
     finally:
-        _running = False
         _idle.set()
     return result
