@@ -137,6 +137,7 @@ def _long_sweep(store: Path, name: str) -> str:
     return write_sweep(store, name, methods=["dense"], seeds=[0, 1], budget=LONG, cache_dir=str(store / name))
 
 
+@pytest.mark.ci  # real sweep processes, 9-15 s
 def test_a_killed_sweep_takes_its_workers_with_it(store):
     proc, _, err = _start(store, "orphaned", ["sweep", _long_sweep(store, "orphaned"), "--jobs", "2"])
     everything = []
@@ -158,6 +159,7 @@ def test_a_killed_sweep_takes_its_workers_with_it(store):
     assert parent[f"tags.{schema.TAG_ERROR}"] == "the sweep's process died"
 
 
+@pytest.mark.ci  # real sweep processes, 9-15 s
 def test_sigterm_to_a_sweep_stops_every_worker_at_its_batch(store, capsys):
     # In this process (the CLI's exit code for SIGTERM is the run test's): it saves importing the harness again.
     path, swept = _long_sweep(store, "terminated"), threading.Event()
@@ -194,6 +196,7 @@ def _run(store: Path, experiment: str, epochs: int) -> list[str]:
     return [*RUN, "--epochs", str(epochs), "--experiment", experiment, "--cache-dir", str(store / experiment)]
 
 
+@pytest.mark.ci  # real sweep processes, 9-15 s
 def test_sigterm_stops_a_run_recorded_killed_and_the_same_command_resumes(store, capsys):
     command = _run(store, "sigterm", epochs=40)
     proc, out, err = _start(store, "sigterm", command)
@@ -235,6 +238,7 @@ MOMENTS = {
 }
 
 
+@pytest.mark.ci  # real sweep processes, 9-15 s
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_two_ctrl_c_5_ms_apart_end_in_one_line(store, moment):
     experiment = f"double-{moment}"

@@ -128,6 +128,7 @@ def local_instance(ray_env):
     return path, code, out.getvalue()
 
 
+@pytest.mark.ci  # a real Ray instance: ~25 s to start on two cores
 def test_local_instance_runs_the_grid_and_lists_dead_workers(local_instance):
     path, code, out = local_instance
     assert code == 1
@@ -179,6 +180,7 @@ def cluster(ray_env):
         head.wait(timeout=60)
 
 
+@pytest.mark.ci  # a real Ray instance: ~25 s to start on two cores
 def test_joined_cluster_skips_finished_closes_dead_runs_and_records_failures(local_instance, cluster, capsys):
     path, _, _ = local_instance
     head, address = cluster

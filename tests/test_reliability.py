@@ -141,7 +141,9 @@ def uninterrupted(store):
     return row, tracking.metric_history(row["run_id"], schema.TRAIN_LOSS)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+# Ctrl-C resumes by the path test_sigterm_stops_a_run_recorded_killed... covers: CI runs it (~17 s).
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.ci), signal.SIGKILL],
+                         ids=["ctrl-c", "kill"])
 def test_interrupted_command_resumes_to_one_finished_run_with_identical_numbers(store, uninterrupted, sig, capsys):
     experiment = f"interrupted-{sig.name}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -328,7 +330,7 @@ def _stop(server: subprocess.Popen) -> None:
     server.wait(timeout=30)
 
 
-@pytest.mark.slow  # a real MLflow server takes ~15 s to start on two cores; .ci/run runs it
+@pytest.mark.ci  # a real MLflow server takes ~15 s to start on two cores
 def test_server_stopped_mid_run_loses_nothing_and_sync_sends_it(tmp_path, monkeypatch, capsys):
     port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
@@ -391,6 +393,7 @@ def test_a_nan_run_fails_naming_the_epoch_and_the_sweep_goes_on(store, capsys):
     assert (runs["status"] == schema.STATUS_FINISHED).sum() == 1
 
 
+@pytest.mark.ci  # two real sweep processes, ~14 s
 def test_two_concurrent_sweeps_never_run_a_run_twice(store):
     path = _sweep_file(store, "concurrent")
     expected = {cfg.config_hash() for cfg in expand(load_sweep(str(path)))}

@@ -194,7 +194,7 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-@pytest.mark.slow  # an MLflow server takes ~20 s to start on two cores
+@pytest.mark.ci  # an MLflow server takes ~20 s to start on two cores
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's socket table")
 def test_real_ui_listens_on_loopback_only(store):
     port = free_port()
