@@ -168,7 +168,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from benchmarks.run.pipeline import execute
-    from benchmarks.sweeps.driver import EXIT_INCOMPLETE
+    from benchmarks.sweeps.schedule import EXIT_INCOMPLETE
     from benchmarks.tracking import schema
 
     result = execute(cfg, force=args.force, latency=not args.no_latency)

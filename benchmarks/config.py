@@ -144,6 +144,13 @@ class RunConfig:
     cache_dir: str = _spec(DEFAULT_CACHE_DIR, "a directory path", lambda v: isinstance(v, str) and bool(v))
     # When another process is running this config on the store: wait for it (true) or report it HELD (false).
     wait: bool = _spec(False, "true or false", lambda v: isinstance(v, bool), added=True)
+    # Seeds the validation split (budget.val_fraction) apart from the run's seed, so that runs of several seeds,
+    # and tuning trials, hold out the same images; None: the run's seed.
+    split_seed: int | None = _spec(None, "an integer in [0, 2**63 - 1]", lambda v: v is None or _int(0, MAX_SEED)(v),
+                                   added=True)
+    # The tuning block (benchmarks.tuning.space.Tuning.identity()) that selected this run's values; None: untuned.
+    tuning: dict | None = _spec(None, "a tuning block's identity mapping", lambda v: v is None or isinstance(v, dict),
+                                added=True)
     budget: Budget = field(default_factory=Budget)
 
     def config_hash(self) -> str:
@@ -152,6 +159,21 @@ class RunConfig:
         for key in ("experiment", "data_root", "device", "cache_dir", "wait"):
             d.pop(key, None)
         return stable_hash(d)
+
+    @property
+    def split(self) -> int:
+        """The seed of the validation split."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    def budget_hash(self) -> str:
+        """What the methods of one comparison share: the budget, or for a tuned one the budget less the fields the
+        tuning searched, plus the whole tuning block (the one sanctioned per-method difference is the values it
+        selected)."""
+        if self.tuning is None:
+            return self.budget.hash()
+        searched = set(self.tuning.get("space", {}))
+        budget = {k: v for k, v in identity(self.budget).items() if k not in searched}
+        return stable_hash({"budget": budget, "tuning": self.tuning})
 
 
 def identity(obj: Any) -> dict[str, Any]:

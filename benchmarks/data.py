@@ -73,6 +73,24 @@ class Dataset:
     fingerprint: str
 
 
+def validation_view(data: Dataset) -> Dataset:
+    """The data as tuning sees it: the validation split in the test split's place, and no test split at all.
+
+    Everything that evaluates "test" data (training curves, the trained model's accuracy, the compressed
+    model's) then reads validation data, and nothing of the real test split can be forwarded. The view's
+    fingerprint covers the held-out images, so whatever it trains is cached apart from the reported runs.
+    """
+    if not len(data.val_y):
+        raise DataError(f"dataset {data.name!r}: tuning needs a validation split (val_fraction > 0)")
+    digest = hashlib.sha256(f"validation view of {data.fingerprint}\n".encode())
+    for tensor in (data.val_x, data.val_y):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8))
+    empty_x, empty_y = data.val_x[:0], data.val_y[:0]
+    return replace(data, test_x=data.val_x, test_y=data.val_y, val_x=empty_x, val_y=empty_y,
+                   fingerprint=digest.hexdigest()[:FINGERPRINT_CHARS])
+
+
 @dataclass(frozen=True)
 class _Splits:
     train_x: Tensor

@@ -9,7 +9,7 @@ from torch import nn
 
 import baselines
 from benchmarks.config import RunConfig
-from benchmarks.methods.registry import Method, Option, StepHook, register
+from benchmarks.methods.registry import Method, Option, SearchRange, StepHook, register
 from benchmarks.methods.structure import PRUNED
 
 
@@ -29,8 +29,9 @@ _OPTIONS = {
     "prune_heads": Option("true or false", lambda v: isinstance(v, bool)),
     "grad_batches": Option("an integer >= 1", _positive_int),
 }
-# A regularizer's strength: tuned like a learning rate, as its design has it.
-_REG = Option("a number > 0", _real_in(0.0, float("inf")), tunable=True)
+# A regularizer's strength is tuned like a learning rate, as its design has it: a decade either side of the
+# criterion's default.
+_REG_DECADES = 10.0
 # Harness-side options, not passed to baselines.prune.
 _HARNESS_OPTIONS = ("steps", "reg")
 
@@ -59,10 +60,16 @@ def _compress(cfg: RunConfig, model: nn.Module, *, target: float, reference: tup
     return pruned, {"kind": PRUNED, "layers": baselines.pruned_structure(pruned)}
 
 
+def _reg(default: float) -> Option:
+    return Option("a number > 0", _real_in(0.0, float("inf")),
+                  search=SearchRange(default / _REG_DECADES, default * _REG_DECADES, log=True))
+
+
 def _options(spec: baselines.MethodSpec) -> dict[str, Option]:
-    keys = ["scope", "steps", *(["reg"] if spec.regularized_training else []), "max_ratio", "prune_heads",
-            "grad_batches"]
-    return {key: _REG if key == "reg" else _OPTIONS[key] for key in keys}
+    options = {key: _OPTIONS[key] for key in ("scope", "steps")}
+    if spec.regularized_training:
+        options["reg"] = _reg(spec.default_reg)
+    return {**options, **{key: _OPTIONS[key] for key in ("max_ratio", "prune_heads", "grad_batches")}}
 
 
 def _method(spec: baselines.MethodSpec) -> Method:

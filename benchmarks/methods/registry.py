@@ -24,12 +24,29 @@ Compress = Callable[..., tuple[nn.Module, dict]]
 
 
 @dataclass(frozen=True)
+class SearchRange:
+    """Where tuning searches a number: [low, high], on a log scale when `log`."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
 class Option:
-    """One method option: what it allows (for the error message), its check, and whether tuning may search it."""
+    """One method option: what it allows (for the error message), its check, and where tuning searches it.
+
+    `search` set makes the option tunable: a tuned comparison searches it over this range unless the sweep's
+    tuning space names the option, so no method is tuned on fewer knobs than its design has.
+    """
 
     allowed: str
     ok: Callable[[Any], bool]
-    tunable: bool = False
+    search: SearchRange | None = None
+
+    @property
+    def tunable(self) -> bool:
+        return self.search is not None
 
 
 def _same(cfg: RunConfig, model: nn.Module) -> nn.Module:

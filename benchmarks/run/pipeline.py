@@ -66,8 +66,10 @@ def _fresh_model(cfg: RunConfig, data: Dataset) -> nn.Module:
 
 def _training(cfg: RunConfig) -> dict:
     budget = {k: v for k, v in identity(cfg.budget).items() if k not in FINETUNE_FIELDS}
+    # The split seed only where set: keys made before it existed stay valid.
+    split = {} if cfg.split_seed is None else {"split_seed": cfg.split_seed}
     return {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "dataset": cfg.dataset, "budget": budget,
-            "seed": cfg.seed, "mode": cfg.mode, **get_method(cfg.method).family(cfg)}
+            "seed": cfg.seed, "mode": cfg.mode, **split, **get_method(cfg.method).family(cfg)}
 
 
 def training_group(cfg: RunConfig) -> str:
@@ -177,16 +179,18 @@ def finetune_dir(cfg: RunConfig, data_fingerprint: str) -> Path:
     return Path(cfg.cache_dir) / "runs" / run_key(cfg, data_fingerprint)
 
 
-def _measure_size(model: nn.Module, data: Dataset, device: torch.device) -> tuple[int, int]:
+def model_size(model: nn.Module, data: Dataset, device: torch.device) -> tuple[int, int]:
+    """(FLOPs, params) of `model` on one input of the data's shape."""
     return lorita.count_flops_params(model, torch.zeros(1, *data.in_shape, device=device))
 
 
 def run_tags(cfg: RunConfig, device: torch.device, data_fingerprint: str) -> dict[str, str]:
     """Tags identifying the run, its data and its comparison group, and who runs it."""
     return {schema.TAG_METHOD: cfg.method, schema.TAG_MODEL: cfg.model, schema.TAG_DATASET: cfg.dataset,
-            schema.TAG_FACTORS: str(cfg.factors), schema.TAG_BUDGET_HASH: cfg.budget.hash(),
+            schema.TAG_FACTORS: str(cfg.factors), schema.TAG_BUDGET_HASH: cfg.budget_hash(),
             schema.TAG_CONFIG_HASH: cfg.config_hash(), schema.TAG_DATA_FINGERPRINT: data_fingerprint,
-            schema.TAG_RUNNER: claims.runner(), **environment_tags(device)}
+            schema.TAG_RUNNER: claims.runner(), **({schema.TAG_TUNED: "true"} if cfg.tuning else {}),
+            **environment_tags(device)}
 
 
 def run_name(cfg: RunConfig) -> str:
@@ -212,7 +216,7 @@ def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = F
     check_writable(cfg.cache_dir)
     tracking.ensure_store()
     # The data's content is part of the run's identity: the same config on other data is another run.
-    data = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction, seed=cfg.seed,
+    data = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction, seed=cfg.split,
                         device=device, cache_dir=cfg.cache_dir)
     while True:
         with claims.claimed(run_key(cfg, data.fingerprint), wait=cfg.wait) as held:
@@ -286,7 +290,7 @@ def _stages(cfg: RunConfig, method: Method, data: Dataset, device: torch.device,
     trained = obtain_trained(cfg, method, data, device, log, lambda history: tracking.log_history(run_id, history))
     tracking.set_tags(run_id, {schema.TAG_CACHE_HIT: "true" if trained.cache_hit else "false"})
     base = method.uncompressed(cfg, trained.model)
-    flops_base, params_base = _measure_size(base, data, device)
+    flops_base, params_base = model_size(base, data, device)
     acc_trained = trained.meta["acc_trained"]
     if not method.compresses:
         final, structure, acc_compressed, acc_finetuned = base, {"kind": DENSE}, acc_trained, acc_trained
@@ -294,7 +298,7 @@ def _stages(cfg: RunConfig, method: Method, data: Dataset, device: torch.device,
         final, structure, acc_compressed = compress_and_finetune(cfg, method, data, base, device, log,
                                                                  (flops_base, params_base))
         acc_finetuned = evaluate(final, data.test_x, data.test_y, data)
-    flops, params = _measure_size(final, data, device)
+    flops, params = model_size(final, data, device)
     metrics = {schema.ACC_TRAINED: acc_trained, schema.ACC_COMPRESSED: acc_compressed,
                schema.ACC_FINETUNED: acc_finetuned, schema.FLOPS: flops, schema.PARAMS: params,
                schema.FLOPS_BASE: flops_base, schema.PARAMS_BASE: params_base,

@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +99,8 @@ def _env(threads: int) -> dict[str, str]:
             outbox.OUTBOX_ENV: str(outbox.folder()), **worker_env(threads)}
 
 
-def _absolute_paths(cfg: RunConfig) -> RunConfig:
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """`cfg` with absolute cache and data paths, for a worker that runs in another working directory."""
     # Workers of a cluster do not share the driver's working directory; neither path is part of the config hash.
     data_root = None if cfg.data_root is None else str(Path(cfg.data_root).absolute())
     return dataclasses.replace(cfg, cache_dir=str(Path(cfg.cache_dir).absolute()), data_root=data_root)
@@ -117,17 +121,28 @@ def _result(ray: Any, ref: Any, cfg: RunConfig) -> RunResult:
         return RunResult(cfg, None, schema.STATUS_FAILED, error=one_line(getattr(err, "cause", None) or err, kind=True))
 
 
-def run_on_ray(pending: list[RunConfig], parent_run_id: str, results: list[RunResult], bar: tqdm, *,
-               address: str | None = None, local_cpus: int | None = None, cpus_per_run: int | None = None,
-               gpus_per_run: float | None = None) -> None:
-    """Run `pending` as Ray tasks, appending each result to `results` and advancing `bar` as runs end.
+@dataclass(frozen=True)
+class RaySession:
+    """A connected Ray instance or cluster and what each task asks for."""
 
-    Without an address (or RAY_ADDRESS) a local instance with `local_cpus` CPUs (default all) is started and
-    stopped after; with one, the cluster is joined and left running. A run asks for `cpus_per_run` CPUs
-    (default 1) and `gpus_per_run` GPUs (default 1 when the cluster has GPUs; none for device: cpu).
+    ray: Any
+    cpus: int
+    gpus: float
+
+    def remote(self, fn: Callable, *, gpu: bool) -> Any:
+        # Declared with its GPUs (not set per call) so that Ray gives each GPU task a fresh worker, which frees the
+        # GPU's memory when it ends. No retries: a task whose worker died is reported, and the next sweep resumes
+        # its work from its checkpoints.
+        return self.ray.remote(num_cpus=self.cpus, num_gpus=self.gpus if gpu else 0, max_retries=0)(fn)
+
+
+@contextmanager
+def ray_session(bar: tqdm, *, address: str | None = None, local_cpus: int | None = None,
+                cpus_per_run: int | None = None, gpus_per_run: float | None = None) -> Iterator[RaySession]:
+    """Ray for the block: without an address (or RAY_ADDRESS) a local instance with `local_cpus` CPUs (default all),
+    started and stopped after; with one, the cluster is joined and left running. A task asks for `cpus_per_run`
+    CPUs (default 1) and `gpus_per_run` GPUs (default 1 when the cluster has GPUs; none for device: cpu).
     """
-    if not pending:
-        return
     ray = require_ray()
     cpus = cpus_per_run or 1
     joined = cluster_address(address)
@@ -141,26 +156,40 @@ def run_on_ray(pending: list[RunConfig], parent_run_id: str, results: list[RunRe
         resources = ray.cluster_resources()
         gpus = gpus_per_run if gpus_per_run is not None else (1 if resources.get("GPU", 0) > 0 else 0)
         bar.write(f"ray: {describe(address)} with {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} "
-                  f"GPUs; each run asks for {cpus} CPU(s) and {gpus:g} GPU(s)")
-        _submit_and_wait(ray, [_absolute_paths(cfg) for cfg in pending], parent_run_id, results, bar, cpus, gpus)
+                  f"GPUs; each task asks for {cpus} CPU(s) and {gpus:g} GPU(s)")
+        yield RaySession(ray, cpus, gpus)
     finally:
         ray.shutdown()  # stops the local instance; only disconnects from a cluster
 
 
-def _submit_and_wait(ray: Any, pending: list[RunConfig], parent_run_id: str, results: list[RunResult], bar: tqdm,
-                     cpus: int, gpus: float) -> None:
-    # Declared with its GPUs (not set per call) so that Ray gives each GPU run a fresh worker, which frees
-    # the GPU's memory when the run ends. No retries: a run whose worker died is listed FAILED, and the next
-    # sweep resumes it from its checkpoints.
-    tasks = {g: ray.remote(num_cpus=cpus, num_gpus=g, max_retries=0)(_run_task) for g in {0, gpus}}
+def cancel(session: RaySession, refs: Iterable[Any]) -> None:
+    """Interrupt running tasks as by Ctrl-C (each records its work KILLED) and drop queued ones; wait briefly."""
+    refs = list(refs)
+    for ref in refs:
+        session.ray.cancel(ref)
+    session.ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_GRACE_S)
+
+
+def run_on_ray(pending: list[RunConfig], parent_run_id: str, results: list[RunResult], bar: tqdm,
+               **options: Any) -> None:
+    """Run `pending` as Ray tasks (see ray_session for the options), appending each result to `results` and
+    advancing `bar` as runs end."""
+    if not pending:
+        return
+    with ray_session(bar, **options) as session:
+        _submit_and_wait(session, [absolute_paths(cfg) for cfg in pending], parent_run_id, results, bar)
+
+
+def _submit_and_wait(session: RaySession, pending: list[RunConfig], parent_run_id: str, results: list[RunResult],
+                     bar: tqdm) -> None:
+    tasks = {gpu: session.remote(_run_task, gpu=gpu) for gpu in (False, True)}
 
     def submit(cfg: RunConfig) -> Any:
-        task = tasks[0 if cfg.device == "cpu" else gpus]
-        return task.options(name=run_name(cfg)).remote(cfg, parent_run_id, cpus)
+        return tasks[cfg.device != "cpu"].options(name=run_name(cfg)).remote(cfg, parent_run_id, session.cpus)
 
     def wait_any(refs: list) -> list:
         bar.set_postfix_str(f"{len(refs)} running or queued")
-        return ray.wait(refs, num_returns=1)[0]
+        return session.ray.wait(refs, num_returns=1)[0]
 
     def done(result: RunResult) -> None:
         results.append(result)
@@ -168,10 +197,7 @@ def _submit_and_wait(ray: Any, pending: list[RunConfig], parent_run_id: str, res
 
     waiting: dict = {}
     try:
-        producers_first(pending, submit, wait_any, lambda ref, cfg: _result(ray, ref, cfg), done, waiting)
+        producers_first(pending, submit, wait_any, lambda ref, cfg: _result(session.ray, ref, cfg), done, waiting)
     except KeyboardInterrupt:
-        # A running task is interrupted as by Ctrl-C (its run is recorded KILLED); a queued one never starts.
-        for ref in waiting:
-            ray.cancel(ref)
-        ray.wait(list(waiting), num_returns=len(waiting), timeout=_CANCEL_GRACE_S)
+        cancel(session, waiting)
         raise

@@ -10,6 +10,7 @@ import dataclasses
 import sys
 import time
 from collections import Counter
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -17,29 +18,17 @@ from tqdm.auto import tqdm
 
 from benchmarks import tracking
 from benchmarks.config import EXECUTORS, ConfigError, RunConfig
-from benchmarks.data import check_available, fingerprint
+from benchmarks.data import fingerprint
 from benchmarks.run import claims
-from benchmarks.run.environment import check_writable, resolve_device
+from benchmarks.run.environment import resolve_device
 from benchmarks.run.measure import latency_metrics, load_tags
 from benchmarks.run.pipeline import RunResult, load_model, run_name
 from benchmarks.sweeps import cluster
-from benchmarks.sweeps.grid import Sweep, expand, grid_hash, load_sweep
+from benchmarks.sweeps.grid import Sweep, check_inputs, expand, grid_hash, load_sweep
 from benchmarks.sweeps.local import run_parallel, run_sequential
+from benchmarks.sweeps.schedule import EXIT_INCOMPLETE
 from benchmarks.tracking import schema
-
-# Exit code of a sweep that left runs to another process (nothing failed, the grid is not complete yet).
-EXIT_INCOMPLETE = 3
-
-
-def _check_inputs(runs: list[RunConfig]) -> None:
-    """Fail before anything trains on a missing dataset, an unwritable cache or an absent device."""
-    for dataset, data_root in dict.fromkeys((cfg.dataset, cfg.data_root) for cfg in runs):
-        check_available(dataset, data_root)
-    for cache_dir in {cfg.cache_dir for cfg in runs}:
-        check_writable(cache_dir)
-    for device in {cfg.device for cfg in runs}:
-        resolve_device(device)
-
+from benchmarks.tuning.tuner import tune
 
 Identity = tuple[str, str]  # (config hash, data fingerprint): what makes two runs the same measurement
 
@@ -137,27 +126,33 @@ def run_sweep(path: str, *, jobs: int = 1, executor: str = "local", address: str
     """Run the sweep file at `path`: 0 when every run finished or was skipped, 1 when one failed, 3 when another
     process holds some (the grid is incomplete), 130 when interrupted.
 
-    A bad sweep file, executor, job count or Ray option, or a missing dataset, raises a one-line
-    ConfigError/DataError before anything trains. The Ray options (see cluster.run_on_ray) need executor ray.
-    `wait` waits for runs another process holds (as the sweep file's `wait: true`).
+    A sweep with a `tuning:` block first tunes every method alike (benchmarks.tuning.tuner) and then runs the
+    grid with the selected values. A bad sweep file, executor, job count or Ray option, or a missing dataset,
+    raises a one-line ConfigError/DataError before anything trains. The Ray options (see cluster.ray_session) need
+    executor ray. `wait` waits for runs another process holds (as the sweep file's `wait: true`).
     """
     sweep = load_sweep(path)
     if wait:
         sweep = dataclasses.replace(sweep, common={**sweep.common, "wait": True})
-    return run_grid(sweep, jobs=jobs, executor=executor, address=address, local_cpus=local_cpus,
-                    cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
+    ray_options = {"address": address, "local_cpus": local_cpus, "cpus_per_run": cpus_per_run,
+                   "gpus_per_run": gpus_per_run}
+    check_executor(jobs, executor, ray_options)
+    runs = None
+    if sweep.tuning is not None:
+        selection = tune(sweep, jobs=jobs, executor=executor, ray_options=ray_options,
+                         wait=bool(sweep.common.get("wait")))
+        if selection.code:
+            return selection.code
+        runs = selection.runs
+    return run_grid(sweep, runs, jobs=jobs, executor=executor, **ray_options)
 
 
-def run_grid(sweep: Sweep, *, jobs: int = 1, executor: str = "local", address: str | None = None,
-             local_cpus: int | None = None, cpus_per_run: int | None = None,
-             gpus_per_run: float | None = None) -> int:
-    """Run a parsed sweep (see run_sweep for the exit codes)."""
+def check_executor(jobs: int, executor: str, ray_options: dict[str, Any]) -> None:
+    """One-line ConfigError for a bad executor, job count or Ray option (or a missing ray)."""
     if executor not in EXECUTORS:
         raise ConfigError(f"sweep: executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"sweep: jobs must be an integer >= 1; got {jobs!r}")
-    ray_options = {"address": address, "local_cpus": local_cpus, "cpus_per_run": cpus_per_run,
-                   "gpus_per_run": gpus_per_run}
     given = [name for name, value in ray_options.items() if value is not None]
     if executor == "local" and given:
         raise ConfigError(f"sweep: {given[0]} applies to executor ray only; got executor 'local'")
@@ -166,8 +161,20 @@ def run_grid(sweep: Sweep, *, jobs: int = 1, executor: str = "local", address: s
             raise ConfigError("sweep: jobs applies to executor local only; with executor ray the cluster's free "
                               "CPUs and GPUs set how many runs go at once (see cpus_per_run, gpus_per_run)")
         cluster.check_options(**ray_options)
-    runs = expand(sweep)
-    _check_inputs(runs)
+
+
+def run_grid(sweep: Sweep, runs: list[RunConfig] | None = None, *, jobs: int = 1, executor: str = "local",
+             address: str | None = None, local_cpus: int | None = None, cpus_per_run: int | None = None,
+             gpus_per_run: float | None = None) -> int:
+    """Run a parsed sweep's grid, or `runs` of it (a tuned grid); see run_sweep for the exit codes."""
+    ray_options = {"address": address, "local_cpus": local_cpus, "cpus_per_run": cpus_per_run,
+                   "gpus_per_run": gpus_per_run}
+    check_executor(jobs, executor, ray_options)
+    if runs is None:
+        if sweep.tuning is not None:
+            raise ConfigError("sweep: a sweep with a tuning block runs through run_sweep, which tunes it first")
+        runs = expand(sweep)
+    check_inputs(runs)
     # Created and migrated once here: MLflow's migrations race when several workers open a fresh store.
     tracking.ensure_store()
     identities = _identities(runs)

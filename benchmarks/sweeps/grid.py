@@ -22,8 +22,11 @@ from benchmarks.config import (
     shown,
     stable_hash,
 )
+from benchmarks.data import check_available
 from benchmarks.methods import get_method
+from benchmarks.run.environment import check_writable, resolve_device
 from benchmarks.run.pipeline import training_group
+from benchmarks.tuning.space import FACTORS, Tuning, parse_tuning
 
 # Top-level keys of a sweep file, with what each holds (the error for an unknown key lists them).
 SWEEP_KEYS = {
@@ -41,10 +44,12 @@ SWEEP_KEYS = {
     "exclude": "module-name globs every compression keeps whole",
     "mode": "LoRITa's forward mode",
     "wait": "true: wait for runs another process is running on the store (default false: report them held)",
+    "split_seed": "seeds the validation split (budget.val_fraction) for every run alike (default: each run's seed)",
+    "tuning": "{trials, space, objective, sampler, seed, val_fraction, storage}: tune every method alike first",
 }
 REQUIRED_KEYS = ("name", "models", "datasets", "methods")
 # Keys copied unchanged into every run's config.
-COMMON_KEYS = ("device", "cache_dir", "exclude", "mode", "wait")
+COMMON_KEYS = ("device", "cache_dir", "exclude", "mode", "wait", "split_seed")
 DATASET_KEYS = ("name", "data_root")
 
 
@@ -63,6 +68,7 @@ class Sweep:
     method_options: dict[str, dict]
     common: dict  # COMMON_KEYS given in the file
     source: dict  # the file's mapping, recorded with the parent run
+    tuning: Tuning | None = None  # the tuning block: the grid then runs with the values it selects
 
 
 def _as_list(key: str, value: Any) -> list:
@@ -135,19 +141,40 @@ def parse_sweep(data: Mapping[str, Any]) -> Sweep:
     if "targets" not in data and any(get_method(m).compresses for m in names):
         raise ConfigError("sweep: missing key 'targets' (every method but dense compresses to a target), "
                           "e.g. targets: {flops_drop: [0.5]}")
+    targets = _targets(data["targets"]) if "targets" in data else []
+    tuning = parse_tuning(data["tuning"], names, targets) if "tuning" in data else None
+    if tuning is not None:
+        _check_tuned_grid(data, tuning)
     return Sweep(
         name=name,
         models=[_model(i, e) for i, e in enumerate(_as_list("models", data["models"]))],
         datasets=[_dataset(i, e) for i, e in enumerate(_as_list("datasets", data["datasets"]))],
         methods=names,
         factors=_as_list("factors", data["factors"]) if "factors" in data else [None],
-        targets=_targets(data["targets"]) if "targets" in data else [],
+        targets=targets,
         seeds=_as_list("seeds", data["seeds"]) if "seeds" in data else [0],
         budgets=_budgets(data.get("budget") or {}),
         method_options=_method_options(data.get("method_options") or {}, names),
         common={key: data[key] for key in COMMON_KEYS if key in data},
         source=dict(data),
+        tuning=tuning,
     )
+
+
+def _check_tuned_grid(data: Mapping[str, Any], tuning: Tuning) -> None:
+    """A searched knob is not also an axis or a fixed value of the grid; the split is the tuning's."""
+    budget = data.get("budget") or {}
+    for key in tuning.searched_budget():
+        if isinstance(budget, Mapping) and isinstance(budget.get(key), list):
+            raise ConfigError(f"sweep: budget.{key} is searched by tuning.space.{key}; give it one value (the "
+                              "start of every method's search) or none")
+    if "factors" in data and (FACTORS in tuning.shared or any(FACTORS in d for d in tuning.per_method.values())):
+        raise ConfigError("sweep: factors is searched by tuning.space; remove the sweep's factors axis")
+    if isinstance(budget, Mapping) and budget.get("val_fraction") not in (None, tuning.val_fraction):
+        raise ConfigError(f"sweep: budget.val_fraction is set by tuning.val_fraction ({tuning.val_fraction:g}) "
+                          "for every run of a tuned comparison; remove it from budget")
+    if "split_seed" in data:
+        raise ConfigError("sweep: split_seed is tuning.seed in a tuned comparison; remove split_seed")
 
 
 def load_sweep(path: str) -> Sweep:
@@ -175,14 +202,28 @@ def expand(sweep: Sweep) -> list[RunConfig]:
             cfg = get_method(variant["method"]).resolve(make_config({**base, **variant}))
             # A repeated axis value (factors: [2, 2]) would otherwise run the same config twice at once.
             unique.setdefault(cfg.config_hash(), cfg)
-    # Stable sort by the trained model's first appearance: its producer (dense before the methods that
-    # start from the dense model) comes first and the runs that reuse it from the cache follow.
+    return in_training_order(list(unique.values()))
+
+
+def in_training_order(runs: list[RunConfig]) -> list[RunConfig]:
+    """`runs` stably sorted by their trained model's first appearance: its producer (dense before the methods that
+    start from the dense model) comes first and the runs that reuse it from the cache follow."""
     first: dict[str, int] = {}
-    for cfg in unique.values():
+    for cfg in runs:
         first.setdefault(training_group(cfg), len(first))
-    return sorted(unique.values(), key=lambda cfg: first[training_group(cfg)])
+    return sorted(runs, key=lambda cfg: first[training_group(cfg)])
 
 
 def grid_hash(runs: list[RunConfig]) -> str:
     """Identity of a grid: the set of its runs' config hashes."""
     return stable_hash(sorted(cfg.config_hash() for cfg in runs))
+
+
+def check_inputs(runs: list[RunConfig]) -> None:
+    """Fail before anything trains on a missing dataset, an unwritable cache or an absent device."""
+    for dataset, data_root in dict.fromkeys((cfg.dataset, cfg.data_root) for cfg in runs):
+        check_available(dataset, data_root)
+    for cache_dir in {cfg.cache_dir for cfg in runs}:
+        check_writable(cache_dir)
+    for device in {cfg.device for cfg in runs}:
+        resolve_device(device)

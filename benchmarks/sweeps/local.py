@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
@@ -23,27 +25,20 @@ def run_sequential(pending: list[RunConfig], parent_run_id: str, results: list[R
         bar.update()
 
 
-def run_parallel(pending: list[RunConfig], parent_run_id: str, jobs: int, results: list[RunResult],
-                 bar: tqdm) -> None:
-    """Run `pending` on `jobs` spawned worker processes, the threads split between them.
+@contextmanager
+def worker_pool(jobs: int, parent_run_id: str) -> Iterator[ProcessPoolExecutor]:
+    """`jobs` spawned worker processes, the threads split between them, that stop with this process.
 
-    On Ctrl-C or SIGTERM here every worker finishes its batch, checkpoints and records its run KILLED; queued runs
-    never start. Workers whose parent dies (SIGKILL) do the same and exit (see worker.Parent).
+    On Ctrl-C or SIGTERM here every worker finishes its batch, checkpoints and records its run KILLED; queued work
+    never starts. Workers whose parent dies (SIGKILL) do the same and exit (see worker.Parent).
     """
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")
     parent = Parent(os.getpid(), parent_run_id, context.RawValue("b", 0))
-
-    def done(result: RunResult) -> None:
-        results.append(result)
-        bar.update()
-
     with tracking.environment(worker_env(threads)), ProcessPoolExecutor(
             jobs, mp_context=context, initializer=init_worker, initargs=(threads, parent)) as pool:
         try:
-            producers_first(pending, lambda cfg: pool.submit(run_one, cfg, parent_run_id, False),
-                            lambda futures: wait(futures, return_when=FIRST_COMPLETED)[0],
-                            lambda future, cfg: future.result(), done)
+            yield pool
         except KeyboardInterrupt:
             # Ctrl-C at a terminal reaches the workers too; SIGTERM, or any signal sent to this process alone, does
             # not: the flag tells them all (and never counts as the second signal that stops at once).
@@ -54,3 +49,15 @@ def run_parallel(pending: list[RunConfig], parent_run_id: str, jobs: int, result
             raise
 
 
+def run_parallel(pending: list[RunConfig], parent_run_id: str, jobs: int, results: list[RunResult],
+                 bar: tqdm) -> None:
+    """Run `pending` on `jobs` worker processes (see worker_pool), each trained model's producer first."""
+
+    def done(result: RunResult) -> None:
+        results.append(result)
+        bar.update()
+
+    with worker_pool(jobs, parent_run_id) as pool:
+        producers_first(pending, lambda cfg: pool.submit(run_one, cfg, parent_run_id, False),
+                        lambda futures: wait(futures, return_when=FIRST_COMPLETED)[0],
+                        lambda future, cfg: future.result(), done)

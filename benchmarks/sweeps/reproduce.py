@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import lorita
-from benchmarks.config import ConfigError, RunConfig, load_yaml
-from benchmarks.data import DataError, check_available, load_dataset
-from benchmarks.methods import get_method
-from benchmarks.models import create_model
+from benchmarks.config import ConfigError, load_yaml
+from benchmarks.data import DataError, check_available
 from benchmarks.run.environment import resolve_device
-from benchmarks.run.measure import step_seconds, training_step
-from benchmarks.run.pipeline import training_group
 from benchmarks.sweeps.driver import run_grid
+from benchmarks.sweeps.estimate import duration, estimate
 from benchmarks.sweeps.grid import Sweep, expand, parse_sweep
 
 PAPER_DIR = Path(__file__).parent.parent / "configs" / "paper"
@@ -70,58 +62,6 @@ def block_sweep(block: str, preset: str, data_root: str | None) -> Sweep:
     return parse_sweep(data)
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """A block's planned work and its estimated wall time on this device."""
-
-    runs: int
-    trainings: int
-    seconds: float
-
-
-def _step_seconds(cfg: RunConfig, factors: int, in_shape: tuple[int, ...], num_classes: int) -> float:
-    """Median wall time of one SGD step of the block's model at its batch size on the run's device."""
-    device = resolve_device(cfg.device)
-    torch.manual_seed(0)
-    model = lorita.overparameterize(create_model(cfg.model, num_classes, in_shape, **cfg.model_kwargs), factors)
-    x = torch.randn(cfg.budget.batch_size, *in_shape, device=device)
-    y = torch.randint(0, num_classes, (cfg.budget.batch_size,), device=device)
-    return step_seconds(training_step(model.to(device), x, y), device)
-
-
-def estimate(sweep: Sweep) -> Estimate:
-    """Measured time per training step x steps of every training and fine-tuning the block will run."""
-    runs = expand(sweep)
-    sizes: dict[tuple, tuple] = {}
-    step_cost: dict[tuple, float] = {}
-    trained: set[str] = set()
-    seconds = 0.0
-
-    def cost(cfg: RunConfig, factors: int) -> float:
-        count, in_shape, num_classes = sizes[cfg.dataset, cfg.data_root]
-        key = (cfg.model, repr(cfg.model_kwargs), in_shape, cfg.budget.batch_size, factors)
-        if key not in step_cost:
-            step_cost[key] = _step_seconds(cfg, factors, in_shape, num_classes)
-        return step_cost[key] * math.ceil(count / cfg.budget.batch_size)
-
-    for cfg in runs:
-        if (cfg.dataset, cfg.data_root) not in sizes:
-            data = load_dataset(cfg.dataset, data_root=cfg.data_root, cache_dir=cfg.cache_dir)
-            sizes[cfg.dataset, cfg.data_root] = (len(data.train_y), data.in_shape, data.num_classes)
-        if training_group(cfg) not in trained:
-            trained.add(training_group(cfg))
-            seconds += cost(cfg, cfg.factors) * cfg.budget.epochs
-        if get_method(cfg.method).compresses:
-            # A compressed model fine-tunes at most as slowly as the dense one trains.
-            seconds += cost(cfg, 1) * cfg.budget.finetune_epochs
-    return Estimate(len(runs), len(trained), seconds)
-
-
-def _duration(seconds: float) -> str:
-    hours, rest = divmod(int(seconds), 3600)
-    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
-
-
 def reproduce(*, preset: str = "paper", data_root: str | None = None, only: list[str] | None = None,
               jobs: int = 1, plan_only: bool = False, executor: str = "local", address: str | None = None) -> int:
     """Print the plan of every requested block (data checked first), then run them one after another.
@@ -134,12 +74,12 @@ def reproduce(*, preset: str = "paper", data_root: str | None = None, only: list
     print(f"reproduce: preset {preset} (epochs / {PRESETS[preset]}), device {device}, {len(sweeps)} block(s)")
     total = 0.0
     for name, sweep in zip(names, sweeps, strict=True):
-        est = estimate(sweep)  # loads each dataset: a missing one fails here, before anything trains
+        est = estimate(expand(sweep))  # loads each dataset: a missing one fails here, before anything trains
         total += est.seconds
-        print(f"  {name}: {est.runs} runs, {est.trainings} trainings, about {_duration(est.seconds)} "
+        print(f"  {name}: {est.runs} runs, {est.trainings} trainings, about {duration(est.seconds)} "
               f"of training (measured step time x steps; evaluation and bookkeeping add seconds per run) "
               f"-> experiment {sweep.name}")
-    print(f"  total: about {_duration(total)} of training, one run at a time on this {device.type}"
+    print(f"  total: about {duration(total)} of training, one run at a time on this {device.type}"
           + ("" if jobs == 1 and executor == "local" else " (parallel runs divide it)"))
     if plan_only:
         return 0

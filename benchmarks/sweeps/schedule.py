@@ -9,6 +9,8 @@ from benchmarks.config import RunConfig
 from benchmarks.run.pipeline import RunResult, training_group
 
 Handle = TypeVar("Handle")
+# Exit code of a sweep (or its tuning) that left work to another process: nothing failed, it is not complete yet.
+EXIT_INCOMPLETE = 3
 
 
 def groups(pending: list[RunConfig]) -> list[list[RunConfig]]:

@@ -13,8 +13,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -24,6 +25,8 @@ from benchmarks.errors import one_line
 from benchmarks.run import interrupts
 from benchmarks.run.pipeline import RunResult, execute
 from benchmarks.tracking import schema
+
+T = TypeVar("T")
 
 # How often a local worker looks whether its parent is still there and whether it asks the workers to stop.
 WATCH_S = 0.2
@@ -107,24 +110,34 @@ def _watch(parent: Parent) -> None:
     os._exit(128 + signal.SIGTERM)
 
 
-def run_one(cfg: RunConfig, parent_run_id: str, latency: bool) -> RunResult:
-    """Execute one run of the sweep; its failure (recorded FAILED by execute) comes back as a FAILED result."""
+def guarded(fn: Callable[..., T], *args: Any, stopped: T) -> T:
+    """fn(*args), unless this worker was asked to stop: then `stopped`, and nothing starts."""
     global _interrupted
     with _lock:
         if _interrupted:
-            return RunResult(cfg, None, schema.STATUS_KILLED, error="interrupted")
+            return stopped
         _idle.clear()
     try:
-        result = execute(cfg, parent_run_id=parent_run_id, latency=latency, tags={schema.TAG_SWEEP: cfg.experiment})
+        return fn(*args)
     except KeyboardInterrupt:
         _interrupted = _in_worker
         raise
+    finally:
+        _idle.set()
+
+
+def run_one(cfg: RunConfig, parent_run_id: str, latency: bool) -> RunResult:
+    """Execute one run of the sweep; its failure (recorded FAILED by execute) comes back as a FAILED result."""
+    return guarded(_execute, cfg, parent_run_id, latency,
+                   stopped=RunResult(cfg, None, schema.STATUS_KILLED, error="interrupted"))
+
+
+def _execute(cfg: RunConfig, parent_run_id: str, latency: bool) -> RunResult:
+    try:
+        return execute(cfg, parent_run_id=parent_run_id, latency=latency, tags={schema.TAG_SWEEP: cfg.experiment})
     except ConnectionError:  # the tracking server is away: every further run would fail alike, so the sweep stops
         raise
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the sweep
         # execute() does not return the id of the run it recorded FAILED: the newest such run is it.
-        result = RunResult(cfg, tracking.find_run(cfg.experiment, cfg.config_hash(), (schema.STATUS_FAILED,)),
-                           schema.STATUS_FAILED, error=one_line(err, kind=True))
-    finally:
-        _idle.set()
-    return result
+        return RunResult(cfg, tracking.find_run(cfg.experiment, cfg.config_hash(), (schema.STATUS_FAILED,)),
+                         schema.STATUS_FAILED, error=one_line(err, kind=True))

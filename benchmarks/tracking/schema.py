@@ -54,6 +54,19 @@ LATENCY_MS_B1_GPU = "latency_ms_b1_gpu"
 LATENCY_MS_B128_GPU = "latency_ms_b128_gpu"
 TRAIN_TIME_S = "train_time_s"
 
+# --- Tuning trials (each an MLflow run in the experiment "<sweep name>-tuning") ----------------------------
+TUNING_SUFFIX = "-tuning"
+OBJECTIVE = "objective"  # what the study maximises: mean validation accuracy over the targets (see tuning.space)
+VAL_ACC_TRAINED = "val_acc_trained"  # validation accuracy of the trained, uncompressed model
+TUNED_PARAM_PREFIX = "tuned."  # a trial's param tuned.<name> holds the value it sampled for <name>
+
+
+def val_acc_at(metric: str, target: float, *, finetuned: bool = True) -> str:
+    """A trial's validation accuracy at one target, after fine-tuning (or just after compression)."""
+    stage = "finetuned" if finetuned else "compressed"
+    return f"val_acc_{stage}_{metric.removesuffix('_drop')}{target:g}"
+
+
 # --- Tags (string values; booleans are written "true"/"false", a None value is not written) -------------
 TAG_METHOD = "method"
 TAG_MODEL = "model"
@@ -73,6 +86,11 @@ TAG_LATENCY_CPU_BUSY = "latency_cpu_busy"  # fraction of CPU time other work use
 TAG_LATENCY_UNDER_LOAD = "latency_under_load"  # "true" when that fraction was above measure.LOADED_BUSY
 TAG_ERROR = "error"  # message of a FAILED run
 TAG_SWEEP = "sweep"  # name of the sweep, on the sweep's parent run and on each of its runs
+TAG_TUNED = "tuned"  # "true" on a run whose values a tuning stage selected (its budget_hash names the tuning)
+TAG_STUDY = "study"  # on a tuning trial: the Optuna study (one per method of a tuned comparison)
+TAG_TRIAL = "trial"  # on a tuning trial: its number in the study
+TAG_RETRY_OF = "retry_of"  # on a tuning trial: the number of the trial whose process died, retried with its values
+TAG_DIVERGED = "diverged"  # on a tuning trial: "true" when its loss became NaN (objective 0, still one trial)
 TAG_GRID_HASH = "sweep_grid_hash"  # on a sweep's parent run: hash of its grid, so a rerun reuses the parent
 # MLflow's own tags, set by tracking.start_run; listed here for filters and report columns.
 TAG_RUN_NAME = "mlflow.runName"
@@ -84,6 +102,7 @@ ARTIFACT_RANKS = "ranks.json"  # per-layer rank plan
 ARTIFACT_STRUCTURE = "structure.json"  # what rebuilding the compressed model needs (rank plan, channels)
 ARTIFACT_SPECTRA = "spectra.json"  # per-layer singular values of the trained model
 ARTIFACT_MODEL = "model.pt"  # final state dict (torch.save; load with weights_only=True)
+ARTIFACT_SELECTED = "selected.json"  # on a tuning's parent run: per study its method, values, objective, trial
 ARTIFACT_SWEEP = "sweep.yaml"  # on a sweep's parent run: the sweep file
 
 # --- Run statuses (MLflow's names, as in the ``status`` column and ``attributes.status`` filters) ---------
