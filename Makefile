@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test lint demo reproduce report run ui bench clean
+.PHONY: install test lint demo tune-demo reproduce report run ui bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,13 @@ demo: install
 	@echo "report:         $(REPORT)/demo/report.html (and report.md, figures/, tables/)"
 	@echo "tracking store: $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"
 	@echo "browse runs:    make ui   (MLflow UI on http://127.0.0.1:5000)"
+
+# A tuned comparison on digits: every method tuned alike (8 trials, validation split), then reported on 2 seeds.
+tune-demo: install
+	$(BIN)/lorita-bench sweep benchmarks/configs/tune_digits.yaml --jobs $(JOBS)
+	$(BIN)/lorita-bench report --experiment tune-demo --out $(REPORT)/tune-demo
+	@echo ""
+	@echo "report: $(REPORT)/tune-demo/report.html (selected values, optimisation histories, tuned tables)"
 
 # The paper's grid: PRESET=paper (full budgets; a GPU job) or short (epochs cut 20x); DATA_ROOT=folder
 # holding the datasets; BLOCKS=mnist_fcn,... for a subset; EXECUTOR=ray runs the runs as Ray tasks (one

@@ -182,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorita-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub).set_defaults(handler=_run)
-    sweep = sub.add_parser("sweep", help="run a grid of benchmarks from a YAML sweep file (skips finished runs)")
-    sweep.add_argument("config", help="sweep YAML (see benchmarks/configs/demo.yaml)")
+    sweep = sub.add_parser("sweep", help="run a grid of benchmarks from a YAML sweep file (skips finished runs); "
+                           "with a tuning: block, tune every method alike on a validation split first")
+    sweep.add_argument("config", help="sweep YAML (see benchmarks/configs/demo.yaml; tune_digits.yaml for tuning)")
     sweep.add_argument("--jobs", type=int, default=1, help="runs in parallel processes on this machine (default 1)")
     sweep.add_argument("--wait", action="store_true",
                        help="wait for runs another process is running on the store (default: count them held, exit 3)")

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from benchmarks import tracking
 from benchmarks.tracking import schema
-from reports import collect, figures, tables
+from reports import collect, figures, tables, tuning
 from reports.document import Block, Bullets, Heading, Image, Paragraph, Table, html_page, markdown
 
 TITLE = "LoRITa benchmark report"
@@ -85,10 +85,15 @@ def _software(runs: pd.DataFrame) -> list[str]:
     return items
 
 
+def _comparison(first: pd.Series) -> tuple[str, str]:
+    """(name, file stem) of the comparison (model, dataset, budget hash) a row belongs to."""
+    return (f"{first['model_label']} on {first['dataset']}, budget {first['budget_hash']}",
+            f"{slug(first['model_label'])}__{slug(first['dataset'])}__{first['budget_hash']}")
+
+
 def _group_blocks(runs: pd.DataFrame, out: _Output) -> list[Block]:
     first = runs.iloc[0]
-    name = f"{first['model_label']} on {first['dataset']}, budget {first['budget_hash']}"
-    stem = f"{slug(first['model_label'])}__{slug(first['dataset'])}__{first['budget_hash']}"
+    name, stem = _comparison(first)
     seeds = _seeds(runs)
     compressed = runs[runs["target"].notna()]
     targets = ", ".join(tables.target_title(m, t) for m, t in
@@ -99,6 +104,9 @@ def _group_blocks(runs: pd.DataFrame, out: _Output) -> list[Block]:
                   f"{', '.join(collect.ordered_labels(runs))}; targets: {targets or 'none'}."),
         Bullets(_software(runs)),
     ]
+    if first["tuned"]:
+        blocks.append(Paragraph("Tuned comparison: each method ran with the values its own study selected on "
+                                "validation data (see Tuning); these numbers are on the test split."))
     if not compressed.empty:
         for drop, kind in ((schema.FLOPS_DROP, "flops"), (schema.PARAMS_DROP, "params")):
             what = figures.DROP_NAMES[drop]
@@ -165,6 +173,55 @@ def _ablation_blocks(done: pd.DataFrame, out: _Output) -> list[Block]:
             fig, stem, f"{name}: accuracy after fine-tuning vs number of layers; mean ± std over seeds "
             f"{_seeds(runs)}.")]
     return [Heading(2, "Ablations"), *blocks] if blocks else []
+
+
+def _selected_caption(studies: pd.DataFrame) -> str:
+    caption = ("A study per method, each given the same number of trials and run on training data less a "
+               "validation split; its selection is the trial with the highest validation objective (validation "
+               "accuracy after fine-tuning, averaged over the comparison's targets unless the tuning named one; "
+               "the uncompressed reference: its trained model's), as the tuner recorded it in selected.json.")
+    derived = int((studies["source"] == tuning.FROM_TRIALS).sum())
+    if derived:
+        caption += (f" {derived} studies' selected.json is missing: their selection is their best finished trial "
+                    "run's.")
+    lost = int(studies["not_finished"].sum())
+    if lost:
+        caption += (f" {lost} trial runs did not finish (failed or killed; a killed trial is retried with its "
+                    "values) and are left out.")
+    return caption
+
+
+def _split_note(trials: pd.DataFrame) -> str:
+    shares = sorted(pd.to_numeric(trials["budget.val_fraction"], errors="coerce").dropna().unique())
+    share = f" ({', '.join(f'{100 * v:g} %' for v in shares)} of it, stratified)" if shares else ""
+    return ("Tuning read only training and validation data: each trial trained on the training split less a "
+            f"held-out validation split{share} and was scored on that split. The reported runs' numbers, in every "
+            "comparison above, are on the test split.")
+
+
+def _tuning_blocks(found: tuning.TuningRuns, out: _Output) -> list[Block]:
+    """The Tuning section: the selected values per study, then per comparison its history and weight decays."""
+    if found.trials.empty:
+        return []
+    grid = tables.selected_grid(found.studies, _selected_caption(found.studies))
+    blocks: list[Block] = [Heading(2, "Tuning"), Paragraph(_split_note(found.trials)),
+                           Heading(3, "Selected values per method"), Table(grid), out.table(grid, "tuning_selected")]
+    history = tuning.best_so_far(found.trials)
+    for _, studies in found.studies.groupby(collect.GROUP, sort=False):
+        name, stem = _comparison(studies.iloc[0])
+        trials = found.trials[found.trials["study"].isin(studies["study"])]
+        blocks += [Heading(3, f"Optimisation history: {name}"), out.figure(
+            figures.history_figure(history[history["study"].isin(studies["study"])], studies,
+                                   f"{name}\nbest validation objective so far"), f"tuning_history__{stem}",
+            f"{name}: the best validation objective reached up to each trial number, a line per method's study "
+            "(faint points: each trial's own objective), so equal tuning budgets show as lines of equal length.")]
+        blocks += [Heading(3, f"Objective against weight decay: {name}"), out.figure(
+            figures.decay_figure(trials, studies, f"{name}\nvalidation objective vs weight decay"),
+            f"tuning_weight_decay__{stem}",
+            f"{name}: each finished trial's validation objective against the weight decay it trained with (log "
+            "scale), a panel per method; hollow markers are trials that diverged (objective 0), the ringed one "
+            "is the selected trial.")]
+    return blocks
 
 
 def _failure_blocks(failed: pd.DataFrame) -> list[Block]:
@@ -235,7 +292,8 @@ def build_report(out_dir: str | Path, *, experiment: str | None = None, model: s
     ]
     for part in groups:
         blocks += _group_blocks(part, out)
-    blocks += _ablation_blocks(done, out) + _failure_blocks(failed) + _missing_blocks(out.missing)
+    blocks += _ablation_blocks(done, out) + _tuning_blocks(tuning.load_tuning(experiment, model, dataset), out)
+    blocks += _failure_blocks(failed) + _missing_blocks(out.missing)
     summary = ReportSummary(folder / "report.md", folder / "report.html", out.figures, out.tables, len(done),
                             len(failed), out.missing)
     summary.markdown.write_text(markdown(blocks, folder), encoding="utf-8")

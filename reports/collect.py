@@ -37,7 +37,7 @@ def _parse(text: Any) -> Any:
         return text
 
 
-def _prefixed(row: dict[str, Any], prefix: str) -> dict[str, Any]:
+def prefixed(row: dict[str, Any], prefix: str) -> dict[str, Any]:
     """{key: value} of the params under one prefix (e.g. params.model_kwargs.) that this run recorded."""
     return {key.removeprefix(prefix): _parse(value) for key, value in sorted(row.items())
             if key.startswith(prefix) and isinstance(value, str)}
@@ -61,8 +61,9 @@ def _method_columns(method: str, factors: int, options: dict[str, Any], exclude:
             "reference": not found.compresses, "plain_training": found.plain_training}
 
 
-def _tidy_row(row: dict[str, Any]) -> dict[str, Any]:
-    kwargs = _prefixed(row, "params.model_kwargs.")
+def tidy_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One search_runs row of a method's run as the report's columns: names, labels, settings, metrics, budget."""
+    kwargs = prefixed(row, "params.model_kwargs.")
     model = row[f"tags.{schema.TAG_MODEL}"]
     method = row[f"tags.{schema.TAG_METHOD}"]
     factors = int(_parse(row.get("params.factors")) or 1)
@@ -74,10 +75,11 @@ def _tidy_row(row: dict[str, Any]) -> dict[str, Any]:
         "model_kwargs": json.dumps(kwargs, sort_keys=True), "model_label": model_label(model, kwargs),
         "dataset": row[f"tags.{schema.TAG_DATASET}"], "budget_hash": row.get(f"tags.{schema.TAG_BUDGET_HASH}"),
         "method": method, "factors": factors,
-        **_method_columns(method, factors, _prefixed(row, "params.method_options."), _parse(row.get("params.exclude"))),
+        **_method_columns(method, factors, prefixed(row, "params.method_options."), _parse(row.get("params.exclude"))),
         "target_metric": _parse(row.get("params.target_metric")),
         "target": float(target) if target is not None else np.nan,
         "seed": int(_parse(row.get("params.seed")) or 0),
+        "tuned": row.get(f"tags.{schema.TAG_TUNED}") == "true",
     }
     out.update({name: row.get(f"metrics.{name}", np.nan) for name in RESULT_METRICS})
     out.update({name: row.get(f"tags.{name}") for name in ENV_TAGS})
@@ -85,20 +87,33 @@ def _tidy_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_runs(experiment: str | None = None, model: str | None = None, dataset: str | None = None) -> pd.DataFrame:
-    """Every benchmark run (any status) matching the filters, one tidy row per run, newest first."""
-    raw = tracking.search_runs(experiment)
+def method_rows(raw: pd.DataFrame, model: str | None = None, dataset: str | None = None) -> pd.DataFrame:
+    """The rows of a search_runs frame that record a method's run, of `model` and `dataset` when given."""
     method_col, model_col, dataset_col = (f"tags.{t}" for t in (schema.TAG_METHOD, schema.TAG_MODEL,
                                                                   schema.TAG_DATASET))
     if raw.empty or method_col not in raw:
-        return pd.DataFrame(columns=["run_id", "status"])
-    # A sweep's parent run carries no method tag: it is bookkeeping, not a benchmark.
+        return raw.iloc[0:0]
+    # A sweep's or a tuning's parent run carries no method tag: it is bookkeeping, not a run of a method.
     keep = raw[method_col].notna()
     if model is not None:
         keep &= raw[model_col] == model
     if dataset is not None:
         keep &= raw[dataset_col] == dataset
-    rows = [_tidy_row(row) for row in raw[keep].to_dict("records")]
+    return raw[keep]
+
+
+def is_trial(raw: pd.DataFrame) -> pd.Series:
+    """Which rows of a search_runs frame are tuning trials (they carry a study tag)."""
+    column = f"tags.{schema.TAG_STUDY}"
+    return raw[column].notna() if column in raw else pd.Series(False, index=raw.index)
+
+
+def load_runs(experiment: str | None = None, model: str | None = None, dataset: str | None = None) -> pd.DataFrame:
+    """Every benchmark run (any status) matching the filters, one tidy row per run, newest first."""
+    raw = method_rows(tracking.search_runs(experiment), model, dataset)
+    # A tuning trial carries its method's tags and the tuned runs' budget hash, but scores validation data: it is
+    # never a result (reports.tuning reads trials).
+    rows = [tidy_row(row) for row in raw[~is_trial(raw)].to_dict("records")]
     frame = pd.DataFrame(rows, columns=None if rows else ["run_id", "status"])
     return frame.sort_values("start_time", ascending=False, ignore_index=True) if rows else frame
 
@@ -220,7 +235,11 @@ def load_keep_curves(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def weight_decay_ablations(runs: pd.DataFrame) -> list[pd.DataFrame]:
-    """Sets of runs of one network and dataset whose budgets differ only in weight_decay (>= 2 values)."""
+    """Sets of untuned runs of one network and dataset whose budgets differ only in weight_decay (>= 2 values)."""
+    # A tuned run's weight decay is what its method's study selected, not a setting varied on purpose.
+    runs = runs[~runs["tuned"].astype(bool)]
+    if runs.empty:
+        return []
     others = [f"budget.{name}" for name in BUDGET_FIELDS if name != "weight_decay"]
     rest = runs[others].astype(str).apply(lambda row: stable_hash(list(row)), axis=1)
     found = []

@@ -58,6 +58,15 @@ def _legend_outside(ax: Axes) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
 
 
+def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, title, grid and the legend outside, as every single-axis figure has them."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+
+
 def _factor_colors(factors: list[int]) -> dict[int, str]:
     """N = 1 is the dense model (black); each composed N gets the color LoRITa (N) has in the accuracy figures,
     where the composed models come first after the reference, by N."""
@@ -105,13 +114,17 @@ def tradeoff_figure(runs: pd.DataFrame, drop: str, title: str) -> Figure:
         acc = reference[schema.ACC_TRAINED]
         ax.axhline(100 * acc.mean(), color="black", ls=":", lw=1.2,
                    label=f"{reference['label'].iloc[0]} ({100 * acc.mean():.1f} %, {len(acc)} seeds)")
-    ax.set_xlabel(f"achieved {DROP_NAMES[drop]} drop (%)")
-    ax.set_ylabel("test accuracy after fine-tuning (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    _legend_outside(ax)
+    _finish(ax, f"achieved {DROP_NAMES[drop]} drop (%)", "test accuracy after fine-tuning (%)", title)
     return fig
 
+
+def _log_x(ax: Axes, values: pd.Series) -> None:
+    positive = values[values > 0]
+    # Weight decay 0 has no place on a log axis: linear near zero, log beyond the smallest value used.
+    if (values == 0).any() and not positive.empty:
+        ax.set_xscale("symlog", linthresh=float(positive.min()))
+    else:
+        ax.set_xscale("log")
 
 
 def _figure_legend(fig: Figure) -> None:
@@ -120,13 +133,17 @@ def _figure_legend(fig: Figure) -> None:
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(label, handle)
-    fig.legend(list(entries.values()), list(entries), fontsize=8, loc="outside right upper")
+    if entries:
+        fig.legend(list(entries.values()), list(entries), fontsize=8, loc="outside right upper")
 
 
-def _panels(fig: Figure, count: int, ncols: int = 3) -> list[Axes]:
+def _panels(fig: Figure, count: int, ncols: int = 3, *, share: bool = False) -> list[Axes]:
     ncols = min(ncols, count)
     nrows = math.ceil(count / ncols)
-    return [fig.add_subplot(nrows, ncols, i + 1) for i in range(count)]
+    first = fig.add_subplot(nrows, ncols, 1)
+    # Shared from the start, so that autoscaling sees every panel's data.
+    shared = {"sharex": first, "sharey": first} if share else {}
+    return [first, *(fig.add_subplot(nrows, ncols, i + 1, **shared) for i in range(1, count))]
 
 
 def _spread(items: list[str], most: int) -> list[str]:
@@ -179,11 +196,7 @@ def keep_figure(curves: pd.DataFrame, title: str) -> Figure:
         ax.errorbar(line["percent"], _pct(line["acc_mean"]), yerr=_pct(line["acc_std"]), color=colors[n],
                     marker="o", ms=4, capsize=3, label=f"N={n}" + (" (dense)" if n == 1 else "") +
                     f", {line['n'].max()} seeds")
-    ax.set_xlabel("singular values kept per layer (%)")
-    ax.set_ylabel("test accuracy, no fine-tuning (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    _legend_outside(ax)
+    _finish(ax, "singular values kept per layer (%)", "test accuracy, no fine-tuning (%)", title)
     return fig
 
 
@@ -226,12 +239,7 @@ def ablation_figure(runs: pd.DataFrame, x: str, xlabel: str, title: str, log_x: 
                         yerr=_pct(line[f"{schema.ACC_FINETUNED}_std"]), color=colors[label], marker=markers[label],
                         ms=4, capsize=3, ls=":" if label in references else "-", label=label)
         if log_x:
-            positive = part.loc[part[x] > 0, x]
-            # Weight decay 0 has no place on a log axis: linear near zero, log beyond the smallest value used.
-            if (part[x] == 0).any() and not positive.empty:
-                ax.set_xscale("symlog", linthresh=float(positive.min()))
-            else:
-                ax.set_xscale("log")
+            _log_x(ax, part[x])
         # Ticks at exactly the values that were run, without log-scale minor labels.
         used = sorted(part[x].unique())
         ax.set_xticks(used, [f"{v:g}" for v in used])
@@ -239,6 +247,56 @@ def ablation_figure(runs: pd.DataFrame, x: str, xlabel: str, title: str, log_x: 
         ax.set_title("uncompressed" if target is None else target_title(*target), fontsize=9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy after fine-tuning (%)", fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    _figure_legend(fig)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def history_figure(history: pd.DataFrame, studies: pd.DataFrame, title: str) -> Figure:
+    """Best-so-far validation objective against trial number, a line per study on one axis; faint: each trial's."""
+    colors, markers = _styles(studies)
+    fig = _figure(8.0, 4.4)
+    ax = fig.add_subplot()
+    for study in studies.itertuples():
+        line = history[history["study"] == study.study]
+        if line.empty:
+            continue
+        style = {"color": colors[study.label], "marker": markers[study.label]}
+        ax.scatter(line["trial"], _pct(line["objective"]), s=16, alpha=0.3, **style)
+        ax.step(line["trial"], _pct(line["best"]), where="post", ms=4, label=f"{study.label} ({len(line)} trials)",
+                **style)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _finish(ax, "trial number", "best validation objective so far (%)", title)
+    return fig
+
+
+def decay_figure(trials: pd.DataFrame, studies: pd.DataFrame, title: str) -> Figure:
+    """Each finished trial's validation objective against its weight decay (log x), a panel per study; diverged
+    trials hollow, the selected one ringed."""
+    colors, markers = _styles(studies)
+    done = trials[(trials["status"] == schema.STATUS_FINISHED) & trials["weight_decay"].notna()]
+    ncols = min(3, len(studies))
+    fig = _figure(4.2 * ncols, 3.4 * math.ceil(len(studies) / ncols) + 0.4)
+    # One scale for every panel, so that methods' weight decays compare at a glance.
+    axes = _panels(fig, len(studies), share=True)
+    if not done.empty:
+        _log_x(axes[0], done["weight_decay"])
+    for ax, study in zip(axes, studies.itertuples(), strict=True):
+        part = done[done["study"] == study.study]
+        color, marker = colors[study.label], markers[study.label]
+        kept, lost = part[~part["diverged"].astype(bool)], part[part["diverged"].astype(bool)]
+        ax.scatter(kept["weight_decay"], _pct(kept["objective"]), color=color, marker=marker, s=24)
+        if not lost.empty:
+            ax.scatter(lost["weight_decay"], _pct(lost["objective"]), facecolors="none", edgecolors=color,
+                       marker=marker, s=30, label="diverged (objective 0)")
+        chosen = part[part["trial"] == study.trial] if not pd.isna(study.trial) else part.iloc[0:0]
+        if not chosen.empty:
+            ax.scatter(chosen["weight_decay"], _pct(chosen["objective"]), s=150, facecolors="none",
+                       edgecolors="black", linewidths=1.3, zorder=5, label="selected")
+        ax.set_title(study.label, fontsize=9)
+        ax.set_xlabel("weight decay")
+        ax.set_ylabel("validation objective (%)", fontsize=8)
         ax.grid(alpha=0.3, which="both")
     _figure_legend(fig)
     fig.suptitle(title, fontsize=10)

@@ -103,9 +103,29 @@ def result_grid(runs: pd.DataFrame, caption: str) -> Grid:
 def budget_grid(runs: pd.DataFrame, caption: str) -> Grid:
     """Every Budget field of the one budget behind a comparison's rows."""
     collect.check_one_comparison(runs)
-    first = runs.iloc[0]
-    rows: list[list[Cell]] = [[name, str(first[f"budget.{name}"])] for name in collect.BUDGET_FIELDS]
+    rows: list[list[Cell]] = []
+    for name in collect.BUDGET_FIELDS:
+        values = runs[f"budget.{name}"].astype(str).unique()
+        # Runs of one budget hash differ in a field only in a tuned comparison: there each study selected it.
+        rows.append([name, values[0] if len(values) == 1 else "per method, selected by tuning (see Tuning)"])
     return Grid(caption, ["Budget field", "Value"], [Section(None, rows)])
+
+
+def knob_text(value: object) -> str:
+    """A searched knob's value as tables show it: 3 significant digits for a real number (0.0113, 4.6e-05)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def selected_grid(studies: pd.DataFrame, caption: str) -> Grid:
+    """A row per tuning study: its searched knobs' selected values, best validation objective, trial, trial count."""
+    knobs = list(dict.fromkeys(key for values in studies["values"] for key in values))
+    rows: list[list[Cell]] = [
+        [row.label, row.model_label, row.dataset, str(row.budget_hash),
+         *(knob_text(row.values[key]) if key in row.values else "—" for key in knobs),
+         Stat(100 * row.objective, math.nan).text(), "—" if pd.isna(row.trial) else str(row.trial), str(row.complete)]
+        for row in studies.itertuples()]
+    header = ["Method", "Model", "Dataset", "Budget", *knobs, "Val. objective (%)", "Trial", "Complete trials"]
+    return Grid(caption, header, [Section(None, rows)])
 
 
 def latex_escape(text: str) -> str:

@@ -169,7 +169,7 @@ def test_a_tuned_sweep_runs_each_study_to_its_trials_then_the_grid_with_the_sele
         study = next(v for v in chosen.values() if v["method"] == run[f"tags.{schema.TAG_METHOD}"])
         assert float(run["params.budget.lr"]) == pytest.approx(study["values"]["lr"])
         assert float(run["params.budget.val_fraction"]) == 0.1 and run["params.split_seed"] == "0"
-        best = max(t.value for t in trials[next(k for k, v in chosen.items() if v is study)])
+        best = max(t.value for t in trials[study["name"]])
         assert study["objective"] == best
     # Trials are runs of their own experiment, never of the grid's.
     trial_runs = tracking.search_runs("tuned" + schema.TUNING_SUFFIX)

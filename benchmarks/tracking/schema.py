@@ -102,7 +102,7 @@ ARTIFACT_RANKS = "ranks.json"  # per-layer rank plan
 ARTIFACT_STRUCTURE = "structure.json"  # what rebuilding the compressed model needs (rank plan, channels)
 ARTIFACT_SPECTRA = "spectra.json"  # per-layer singular values of the trained model
 ARTIFACT_MODEL = "model.pt"  # final state dict (torch.save; load with weights_only=True)
-ARTIFACT_SELECTED = "selected.json"  # on a tuning's parent run: per study its method, values, objective, trial
+ARTIFACT_SELECTED = "selected.json"  # on a tuning's parent: per study (its name) its method, values, objective, trial
 ARTIFACT_SWEEP = "sweep.yaml"  # on a sweep's parent run: the sweep file
 
 # --- Run statuses (MLflow's names, as in the ``status`` column and ``attributes.status`` filters) ---------

@@ -23,7 +23,7 @@ from benchmarks.errors import one_line
 from benchmarks.methods import SearchRange
 from benchmarks.run import claims
 from benchmarks.sweeps import cluster
-from benchmarks.sweeps.estimate import duration, estimate
+from benchmarks.sweeps.estimate import Estimate, duration, estimate
 from benchmarks.sweeps.grid import Sweep, check_inputs
 from benchmarks.sweeps.local import worker_pool
 from benchmarks.sweeps.schedule import EXIT_INCOMPLETE
@@ -32,7 +32,7 @@ from benchmarks.tracking import schema
 from benchmarks.tuning import study as studies
 from benchmarks.tuning.space import FACTORS, Dimension, Tuning
 from benchmarks.tuning.storage import prepare, storage_url
-from benchmarks.tuning.units import Unit, apply, tuned_runs, units
+from benchmarks.tuning.units import Unit, apply, tuned_runs, unit_key, units
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,10 @@ def _plan(sweep: Sweep, found: list[Unit], done: dict[str, int], url: str, paren
     assert tuning is not None
     per_trial = {u.key: estimate([apply(cfg, _representative(u)) for cfg in u.configs]).seconds for u in found}
     left = sum(per_trial[u.key] * max(0, tuning.trials - done[u.key]) for u in found)
-    grid = estimate(tuned_runs(sweep, {u.key: _representative(u) for u in found}))
+    # Each method trains its own models in the grid (its selected values are its own): estimated per study.
+    runs = tuned_runs(sweep, {u.key: _representative(u) for u in found})
+    grids = [estimate([cfg for cfg in runs if unit_key(cfg, tuning) == u.key]) for u in found]
+    grid = Estimate(len(runs), sum(g.trainings for g in grids), sum(g.seconds for g in grids))
     objective = ("mean validation accuracy over the grid's targets" if tuning.objective is None
                  else f"validation accuracy at {tuning.objective[0]} {tuning.objective[1]:g}")
     width = max(len(u.name) for u in found)
@@ -74,7 +77,8 @@ def _plan(sweep: Sweep, found: list[Unit], done: dict[str, int], url: str, paren
               + ", ".join(f"{k} {_shown(d)}" for k, d in u.space.items()) for u in found]
     lines += [f"  trainings: {sum(max(0, tuning.trials - done[u.key]) for u in found)} trials left, then "
               f"{grid.trainings} for the reported grid ({grid.runs} runs); about {duration(left)} of tuning and "
-              f"{duration(grid.seconds)} for the grid (measured step time x steps, one at a time)",
+              f"{duration(grid.seconds)} for the grid (measured step time x steps, one at a time; evaluation and "
+              "bookkeeping add seconds per trial and run)",
               f"studies: {url}; trials: experiment {sweep.name + schema.TUNING_SUFFIX!r} (parent run {parent})"]
     return "\n".join(lines)
 
@@ -204,8 +208,9 @@ def tune(sweep: Sweep, *, jobs: int = 1, executor: str = "local", ray_options: d
         return Selection(1, [])
     best = {u.key: studies.best(u, url) for u in found}
     tracking.log_json(parent, schema.ARTIFACT_SELECTED, {
-        u.name: {"method": u.configs[0].method, "values": best[u.key].values, "objective": best[u.key].objective,
-                 "trial": best[u.key].number, "trials": best[u.key].complete} for u in found})
+        u.study: {"name": u.name, "method": u.configs[0].method, "values": best[u.key].values,
+                  "objective": best[u.key].objective, "trial": best[u.key].number, "trials": best[u.key].complete}
+        for u in found})
     tracking.end_run(parent, schema.STATUS_FINISHED)
     print(_selected(found, best, time.perf_counter() - started), flush=True)
     return Selection(0, tuned_runs(sweep, {k: b.values for k, b in best.items()}))

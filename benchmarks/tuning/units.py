@@ -32,6 +32,11 @@ class Unit:
     configs: tuple[RunConfig, ...]
 
 
+def unit_key(cfg: RunConfig, tuning: Tuning) -> str:
+    """The key of the unit (study) a run of the grid belongs to."""
+    return _key(cfg, tuning.space_for(get_method(cfg.method)))
+
+
 def _key(cfg: RunConfig, space: dict[str, Dimension]) -> str:
     d = identity(cfg)
     for key in _PER_RUN:
@@ -95,7 +100,6 @@ def tuned_runs(sweep: Sweep, selected: dict[str, dict[str, Any]]) -> list[RunCon
     assert tuning is not None, "tuned_runs() is for a sweep with a tuning block"
     unique: dict[str, RunConfig] = {}
     for cfg in expand(sweep):
-        key = _key(cfg, tuning.space_for(get_method(cfg.method)))
-        run = apply(selection_config(cfg, tuning, sweep.name, cfg.seed), selected[key])
+        run = apply(selection_config(cfg, tuning, sweep.name, cfg.seed), selected[unit_key(cfg, tuning)])
         unique.setdefault(run.config_hash(), run)
     return in_training_order(list(unique.values()))
