@@ -61,6 +61,15 @@ def _method_columns(method: str, factors: int, options: dict[str, Any], exclude:
             "reference": not found.compresses, "plain_training": found.plain_training}
 
 
+def _fixed_options(row: dict[str, Any], method: str) -> dict[str, Any]:
+    """The run's method options less those a tuning searched: the Tuning section's table shows what each selected,
+    and a label carrying 1.8965502067309053e-06 says nothing a reader can compare."""
+    options = prefixed(row, "params.method_options.")
+    searched = {key.split(".")[0] for key in prefixed(row, "params.tuning.space.")}
+    searched |= {key.split(".")[0] for key in prefixed(row, f"params.tuning.space.{method}.")}
+    return {key: value for key, value in options.items() if key not in searched}
+
+
 def tidy_row(row: dict[str, Any]) -> dict[str, Any]:
     """One search_runs row of a method's run as the report's columns: names, labels, settings, metrics, budget."""
     kwargs = prefixed(row, "params.model_kwargs.")
@@ -75,7 +84,7 @@ def tidy_row(row: dict[str, Any]) -> dict[str, Any]:
         "model_kwargs": json.dumps(kwargs, sort_keys=True), "model_label": model_label(model, kwargs),
         "dataset": row[f"tags.{schema.TAG_DATASET}"], "budget_hash": row.get(f"tags.{schema.TAG_BUDGET_HASH}"),
         "method": method, "factors": factors,
-        **_method_columns(method, factors, prefixed(row, "params.method_options."), _parse(row.get("params.exclude"))),
+        **_method_columns(method, factors, _fixed_options(row, method), _parse(row.get("params.exclude"))),
         "target_metric": _parse(row.get("params.target_metric")),
         "target": float(target) if target is not None else np.nan,
         "seed": int(_parse(row.get("params.seed")) or 0),

@@ -148,3 +148,13 @@ def test_tuned_and_untuned_runs_never_share_a_table(found, built):
             tuned[f"budget.{name}"] = tuned[f"budget.{name}"].iloc[0]
     assert tuned["budget.weight_decay"].nunique() > 1
     assert collect.weight_decay_ablations(tuned) == []
+
+
+def test_a_tuned_runs_label_leaves_out_the_options_its_tuning_searched():
+    row = {"run_id": "r", "status": "FINISHED", "start_time": 0, f"tags.{schema.TAG_MODEL}": "fcn",
+           f"tags.{schema.TAG_METHOD}": "slim", f"tags.{schema.TAG_DATASET}": "digits", "params.factors": "1",
+           "params.method_options.reg": "1.8965502067309053e-06", "params.method_options.steps": "2",
+           "params.tuning.space.slim.reg.low": "1e-06", "params.tuning.space.lr.low": "0.001"}
+    assert collect.tidy_row(row)["label"] == "Network slimming (steps=2)"
+    untuned = {k: v for k, v in row.items() if "tuning" not in k}
+    assert collect.tidy_row(untuned)["label"] == "Network slimming (reg=1.8965502067309053e-06, steps=2)"

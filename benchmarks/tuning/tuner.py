@@ -32,7 +32,7 @@ from benchmarks.tracking import schema
 from benchmarks.tuning import study as studies
 from benchmarks.tuning.space import FACTORS, Dimension, Tuning
 from benchmarks.tuning.storage import prepare, storage_url
-from benchmarks.tuning.units import Unit, apply, tuned_runs, unit_key, units
+from benchmarks.tuning.units import Unit, apply, tuned_grid, tuned_runs, units
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +63,8 @@ def _plan(sweep: Sweep, found: list[Unit], done: dict[str, int], url: str, paren
     per_trial = {u.key: estimate([apply(cfg, _representative(u)) for cfg in u.configs]).seconds for u in found}
     left = sum(per_trial[u.key] * max(0, tuning.trials - done[u.key]) for u in found)
     # Each method trains its own models in the grid (its selected values are its own): estimated per study.
-    runs = tuned_runs(sweep, {u.key: _representative(u) for u in found})
-    grids = [estimate([cfg for cfg in runs if unit_key(cfg, tuning) == u.key]) for u in found]
-    grid = Estimate(len(runs), sum(g.trainings for g in grids), sum(g.seconds for g in grids))
+    grids = [estimate(runs) for runs in tuned_grid(sweep, {u.key: _representative(u) for u in found}).values()]
+    grid = Estimate(sum(g.runs for g in grids), sum(g.trainings for g in grids), sum(g.seconds for g in grids))
     objective = ("mean validation accuracy over the grid's targets" if tuning.objective is None
                  else f"validation accuracy at {tuning.objective[0]} {tuning.objective[1]:g}")
     width = max(len(u.name) for u in found)

@@ -94,12 +94,18 @@ def apply(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
                                                               factors=factors))
 
 
-def tuned_runs(sweep: Sweep, selected: dict[str, dict[str, Any]]) -> list[RunConfig]:
-    """The reported grid: every run of the sweep with its unit's selected values, on the grid's seeds."""
+def tuned_grid(sweep: Sweep, selected: dict[str, dict[str, Any]]) -> dict[str, list[RunConfig]]:
+    """The reported grid by unit key: every run of the sweep with its unit's selected values, on the grid's seeds."""
     tuning = sweep.tuning
-    assert tuning is not None, "tuned_runs() is for a sweep with a tuning block"
-    unique: dict[str, RunConfig] = {}
+    assert tuning is not None, "tuned_grid() is for a sweep with a tuning block"
+    grid: dict[str, dict[str, RunConfig]] = {}
     for cfg in expand(sweep):
-        run = apply(selection_config(cfg, tuning, sweep.name, cfg.seed), selected[unit_key(cfg, tuning)])
-        unique.setdefault(run.config_hash(), run)
-    return in_training_order(list(unique.values()))
+        key = unit_key(cfg, tuning)
+        run = apply(selection_config(cfg, tuning, sweep.name, cfg.seed), selected[key])
+        grid.setdefault(key, {}).setdefault(run.config_hash(), run)
+    return {key: list(runs.values()) for key, runs in grid.items()}
+
+
+def tuned_runs(sweep: Sweep, selected: dict[str, dict[str, Any]]) -> list[RunConfig]:
+    """The reported grid's runs, each trained model's producer first."""
+    return in_training_order([cfg for runs in tuned_grid(sweep, selected).values() for cfg in runs])
