@@ -133,7 +133,7 @@ def test_local_instance_runs_the_grid_and_lists_dead_workers(local_instance):
     path, code, out = local_instance
     assert code == 1
     assert "8 runs, 0 already finished, 8 to run as Ray tasks on a local Ray instance" in out
-    assert "ray: a local Ray instance with 2 CPUs and 0 GPUs; each run asks for 1 CPU(s) and 0 GPU(s)" in out
+    assert "ray: a local Ray instance with 2 CPUs and 0 GPUs; each task asks for 1 CPU(s) and 0 GPU(s)" in out
     assert "sweep ray: 4 finished, 0 skipped (already finished), 4 failed" in out
     failures = [line for line in out.splitlines() if line.startswith("  FAILED ")]
     assert len(failures) == 4 and all(line.startswith("  FAILED raytest_models:broken-digits-") for line in failures)
