@@ -3,7 +3,8 @@
 from lorita.compose import collapse, overparameterize
 from lorita.counting import count_flops_params
 from lorita.factorize import factorize, truncate
-from lorita.ranks import plan_ranks
+from lorita.ranks import plan_ranks, planned_layers
 from lorita.spectra import spectra
 
-__all__ = ["collapse", "count_flops_params", "factorize", "overparameterize", "plan_ranks", "spectra", "truncate"]
+__all__ = ["collapse", "count_flops_params", "factorize", "overparameterize", "plan_ranks", "planned_layers", "spectra",
+           "truncate"]

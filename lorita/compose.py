@@ -11,7 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorita.linalg import reduced_svd
+
 MODES = ("auto", "activation", "weight")
+# How the factors start: PyTorch's default init each, or from the SVD of the layer's own weight (Khodak et al.).
+INITS = ("default", "spectral")
 # A single factor beyond this is almost always a mistake (torchvision VGG's 25088-input classifier
 # would need a 25088x25088 square factor: 630 M parameters).
 MAX_FACTOR_PARAMS = 50_000_000
@@ -170,12 +174,19 @@ def _check_model(model) -> None:
 
 
 def overparameterize(model: nn.Module, factors: int, *, include: Sequence[str] | None = None,
-                     exclude: Sequence[str] | None = None, mode: str = "auto") -> nn.Module:
-    """A copy of `model` whose Linear/Conv2d layers are each a product of `factors` linear maps."""
+                     exclude: Sequence[str] | None = None, mode: str = "auto", init: str = "default") -> nn.Module:
+    """A copy of `model` whose Linear/Conv2d layers are each a product of `factors` linear maps.
+
+    init: "default" draws every factor with PyTorch's default init; "spectral" (Khodak, Tenenholtz, Mackey, Fusi,
+    ICLR 2021) sets them from the SVD W = U S V^T of the layer's own weight, U S^(1/N) last, S^(1/N) V^T first and
+    S^(1/N) between, and keeps the layer's bias: the composed model computes exactly what `model` computes.
+    """
     _check_model(model)
     if isinstance(factors, bool) or not isinstance(factors, int) or factors < 1:
         raise ValueError(f"factors must be an integer >= 1 (the paper's N); got {factors!r}")
     _check_mode(mode)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}; got {init!r}")
     check_patterns("include", include)
     check_patterns("exclude", exclude)
     if is_composed(model):
@@ -197,7 +208,10 @@ def overparameterize(model: nn.Module, factors: int, *, include: Sequence[str] |
         else:
             targets.append((name, module))
     for name, module in targets:
-        _set_module(model, name, _compose(name, module, factors, mode))
+        composed = _compose(name, module, factors, mode)
+        if init == "spectral":
+            _spectral_(composed, module)
+        _set_module(model, name, composed)
     if skipped:
         warnings.warn(f"overparameterize left {len(skipped)} layer(s) alone: {', '.join(skipped)}", stacklevel=2)
     return model
@@ -213,6 +227,25 @@ def _compose(name: str, module: nn.Module, factors: int, mode: str) -> nn.Module
         return ComposedLinear(module.in_features, module.out_features, factors, bias=module.bias is not None,
                               mode=mode, device=module.weight.device, dtype=module.weight.dtype)
     return ComposedConv2d(module, factors, mode)
+
+
+@torch.no_grad()
+def _spectral_(composed: nn.Module, layer: nn.Linear | nn.Conv2d) -> None:
+    """Set the factors of `composed` so that their product is `layer`'s weight, its singular values shared evenly."""
+    u, s, vh = reduced_svd(layer.weight.detach().to("cpu", torch.float64).flatten(1))
+    rank, root = len(s), s.pow(1 / len(composed.factors))
+    # Every factor's inner width (in for a Linear, out for a conv) is at least the rank; the rows and columns beyond
+    # it start at zero and, their gradient being zero, stay zero: the factorization is Khodak et al.'s rank
+    # min(out, fan_in) U V^T, zero-padded as in their code.
+    values = [torch.zeros(factor.weight.flatten(1).shape, dtype=torch.float64) for factor in composed.factors]
+    values[0][:rank] = root[:, None] * vh
+    for middle in values[1:-1]:
+        middle[:rank, :rank] = torch.diag(root)
+    values[-1][:, :rank] = u * root
+    for factor, value in zip(composed.factors, values, strict=True):
+        factor.weight.copy_(value.reshape(factor.weight.shape))
+    if layer.bias is not None:
+        composed.factors[-1].bias.copy_(layer.bias)
 
 
 def set_mode(model: nn.Module, mode: str) -> nn.Module:

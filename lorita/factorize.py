@@ -10,17 +10,13 @@ from torch import nn
 
 from lorita._validate import checked_ranks, lowrank_layers, max_rank
 from lorita.costs import splits
+from lorita.linalg import reduced_svd
 from lorita.spectra import weight_matrix
 
 
 def _factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(out x rank, rank x fan_in) factors of the best rank-`rank` approximation, float64 on the CPU."""
-    matrix = weight_matrix(weight).detach().to("cpu", torch.float64)
-    # LAPACK's SVD of a wide 512 x 4608 matrix takes ~4x longer than that of its transpose.
-    tall = matrix.shape[0] >= matrix.shape[1]
-    u, s, vh = torch.linalg.svd(matrix if tall else matrix.T, full_matrices=False)
-    if not tall:
-        u, vh = vh.T, u.T
+    u, s, vh = reduced_svd(weight_matrix(weight).detach().to("cpu", torch.float64))
     # Singular values split evenly (sqrt(S) on each side) so neither factor dwarfs the other in training.
     root = s[:rank].sqrt()
     return u[:, :rank] * root, root[:, None] * vh[:rank]

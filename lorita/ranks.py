@@ -92,6 +92,12 @@ def _drop_search(values: dict[str, np.ndarray], layers: dict[str, LayerCost], ba
     return plan(best)
 
 
+def planned_layers(model: nn.Module, exclude: Sequence[str] | None = None) -> dict[str, nn.Linear | nn.Conv2d]:
+    """The layers plan_ranks plans and factorize may compress: Linear and ungrouped Conv2d not matched by `exclude`."""
+    check_patterns("exclude", exclude)
+    return {name: layer for name, layer in lowrank_layers(model).items() if not matches_any(name, exclude)}
+
+
 def plan_ranks(model: nn.Module, policy: str, target: float, *, example_input: torch.Tensor | None = None,
                exclude: Sequence[str] | None = None) -> dict[str, int]:
     """Rank to keep for every Linear/Conv2d (groups=1) of a collapsed `model` not matched by `exclude`.
@@ -114,11 +120,9 @@ def plan_ranks(model: nn.Module, policy: str, target: float, *, example_input: t
     require_collapsed(model)
     if policy == "flops_drop" and example_input is None:
         raise ValueError("example_input is required for policy 'flops_drop' (a batch the model accepts); got None")
-    check_patterns("exclude", exclude)
+    layers = planned_layers(model, exclude)
     all_values = spectra(model)
-    values = {
-        name: all_values[name].numpy() for name in lowrank_layers(model) if not matches_any(name, exclude)
-    }
+    values = {name: all_values[name].numpy() for name in layers}
     if not values:  # everything excluded, or no Linear/Conv2d at all
         if policy in ("flops_drop", "params_drop"):
             raise ValueError(f"target={target} for {policy} is unreachable: no layer is left to plan (see exclude)")

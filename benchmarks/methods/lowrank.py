@@ -1,4 +1,7 @@
-"""Low-rank methods: LoRITa (train composed, collapse, truncate) and SVD truncation of the dense model."""
+"""Low-rank methods: LoRITa (train composed, collapse, truncate) and SVD truncation of the dense model.
+
+The low-rank training baselines (nuclear norm, Frobenius decay) are in lowrank_training.py.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from torch import nn
 
 import lorita
 from benchmarks.config import RunConfig
-from benchmarks.methods.registry import Method, register
+from benchmarks.methods.registry import Method, Option, register
 from benchmarks.methods.structure import LOWRANK, exclude_patterns
+from lorita.compose import INITS
 
 
 def compress_lowrank(cfg: RunConfig, model: nn.Module, *, target: float, reference: tuple[int, int],
@@ -21,16 +25,28 @@ def compress_lowrank(cfg: RunConfig, model: nn.Module, *, target: float, referen
     return lorita.factorize(model, ranks), {"kind": LOWRANK, "ranks": ranks}
 
 
+# How composed factors start (lorita.overparameterize's init): PyTorch's default each, or spectral (Khodak+ 2021).
+INIT = Option(f"one of {', '.join(INITS)}", lambda v: v in INITS)
+LORITA_INIT = "default"  # the authors' init, and the one every LoRITa run had before the option existed
+
+
+def _lorita_init(cfg: RunConfig) -> str:
+    return cfg.method_options.get("init", LORITA_INIT)
+
+
 def _composed(cfg: RunConfig, model: nn.Module) -> nn.Module:
-    return lorita.overparameterize(model, cfg.factors, mode=cfg.mode)
+    return lorita.overparameterize(model, cfg.factors, mode=cfg.mode, init=_lorita_init(cfg))
 
 
-def _collapsed(cfg: RunConfig, trained: nn.Module) -> nn.Module:
+def collapsed(cfg: RunConfig, trained: nn.Module) -> nn.Module:
+    """The trained composed model as the original network, each composed layer holding its product."""
     return lorita.collapse(trained)
 
 
 def _lorita_family(cfg: RunConfig) -> dict:
-    return {"family": "lorita", "factors": cfg.factors}
+    # init only away from its default: models cached before the option existed keep their key.
+    init = _lorita_init(cfg)
+    return {"family": "lorita", "factors": cfg.factors, **({} if init == LORITA_INIT else {"init": init})}
 
 
 LORITA = register(Method(
@@ -43,9 +59,10 @@ LORITA = register(Method(
     report_rank=1,
     composes=True,
     default_factors=3,
+    options={"init": INIT},
     family=_lorita_family,
     build_for_training=_composed,
-    uncompressed=_collapsed,
+    uncompressed=collapsed,
     compress=compress_lowrank,
 ))
 

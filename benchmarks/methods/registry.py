@@ -57,6 +57,10 @@ def _no_hook(cfg: RunConfig, model: nn.Module, example: torch.Tensor) -> StepHoo
     return None
 
 
+def _decay_all(cfg: RunConfig, model: nn.Module) -> list[nn.Parameter]:
+    return []
+
+
 def _one_step(cfg: RunConfig) -> int:
     return 1
 
@@ -76,6 +80,8 @@ class Method:
     report_rank: where the method's rows and lines come in reports (lower first).
     family: the cache identity of the trained model beyond model, data, budget and seed; methods with equal
     families share one trained model.
+    no_decay: the parameters of the model built for training that the optimizer must not decay (a penalty of the
+    method's own stands in for weight decay on them); every other parameter gets the budget's weight decay.
     """
 
     name: str
@@ -91,6 +97,7 @@ class Method:
     family: Callable[[RunConfig], dict] = _dense_family
     build_for_training: Callable[[RunConfig, nn.Module], nn.Module] = _same
     training_hook: Callable[[RunConfig, nn.Module, torch.Tensor], StepHook | None] = _no_hook
+    no_decay: Callable[[RunConfig, nn.Module], list[nn.Parameter]] = _decay_all
     uncompressed: Callable[[RunConfig, nn.Module], nn.Module] = _same
     steps: Callable[[RunConfig], int] = _one_step
     compress: Compress | None = None

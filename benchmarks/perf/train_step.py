@@ -3,23 +3,31 @@
 Dense and LoRITa steps alternate in one process (dense, LoRITa, dense, LoRITa, ...); after warm-up the median of the
 per-pair ratios LoRITa / preceding dense is reported, next to each side's median ms/step. The analytic column is the
 extra forward multiply-adds of each mode's per-layer choice (formulas of compose.py's use_weight_product) relative to
-the dense model's forward (fvcore, at the same batch).
+the dense model's forward (fvcore, at the same batch). A second table times, the same way, the step of each method
+whose training is not dense's (`--methods`; default the low-rank training baselines) as the pipeline takes it: the
+method's training model, its optimizer groups and its per-step hook.
 
     python -m benchmarks.perf.train_step [--out DIR] [--quick] [--device cpu|cuda|auto] [--models vgg16 ...]
+        [--methods nuclear frob_decay ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 import lorita
+from benchmarks.config import make_config
+from benchmarks.methods import METHODS, get_method, resolve
 from benchmarks.models import create_model
 from benchmarks.perf import common
 from benchmarks.run.measure import training_step
+from benchmarks.run.train import Phase, make_optimizer
 from lorita.compose import COMPOSED, ComposedConv2d, ComposedLinear, conv_output_size, set_mode
 from lorita.forward import probe
 
@@ -36,6 +44,11 @@ MODES = ("activation", "weight", "auto")
 TARGETS = {("resnet20", 3, "auto"): 1.05, ("vgg16", 3, "auto"): 1.15}
 TARGET_SETTING = ("cpu", 128)  # the targets are judged only at this (device type, batch)
 QUICK_MODELS = ("resnet20", "fcn")
+# Methods whose training step is not dense's: the low-rank training baselines' penalties run every step.
+TRAINING_METHODS = ("nuclear", "frob_decay")
+# measure.training_step's optimizer and loss, so that the method and the dense step differ in the method alone.
+STEP_PHASE = Phase(epochs=1, lr=1e-3, schedule="constant", optimizer="sgd", momentum=0.9, weight_decay=5e-4,
+                   label_smoothing=0.1, batch_size=1, augment=False)
 
 
 def input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
@@ -79,13 +92,18 @@ def analytic(model: nn.Module, shapes: dict[str, tuple[int, ...]], mode: str) ->
     return {"extra_macs": extra, "weight_layers": weight_layers, "layers": len(shapes)}
 
 
-def bench_model(name: str, *, batch: int, factors: list[int], modes: list[str], warmup: int, repeats: int,
-                device: torch.device) -> list[dict[str, Any]]:
+def _dense_batch(name: str, batch: int, device: torch.device) -> tuple[str, nn.Module, torch.Tensor, torch.Tensor]:
+    """The model's dataset name, its dense network (seed 0) and one random batch."""
     in_shape, dataset = MODELS[name]
     torch.manual_seed(0)
     dense = create_model(name, 10, in_shape).to(device)
     x = torch.randn(batch, *in_shape, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
+    return dataset, dense, x, torch.randint(0, 10, (batch,), device=device)
+
+
+def bench_model(name: str, *, batch: int, factors: list[int], modes: list[str], warmup: int, repeats: int,
+                device: torch.device) -> list[dict[str, Any]]:
+    dataset, dense, x, y = _dense_batch(name, batch, device)
     dense_macs = lorita.count_flops_params(dense, x[:1])[0] * batch  # fvcore's count is linear in the batch
     dense_step = training_step(dense, x, y)
     rows = []
@@ -115,15 +133,59 @@ def bench_model(name: str, *, batch: int, factors: list[int], modes: list[str], 
     return rows
 
 
+def method_step(method_name: str, model_name: str, dense: nn.Module, x: torch.Tensor,
+                y: torch.Tensor) -> Callable[[], None]:
+    """One training step of a method as the pipeline takes it: its training model, optimizer groups and hook."""
+    method = get_method(method_name)
+    cfg = resolve(make_config({"model": model_name, "method": method_name,
+                               **({"target_metric": "flops_drop", "target": 0.5} if method.compresses else {})}))
+    model = method.build_for_training(cfg, copy.deepcopy(dense))
+    optimizer = make_optimizer(model, STEP_PHASE, method.no_decay(cfg, model))
+    hook = method.training_hook(cfg, model, x[:2])
+    criterion = nn.CrossEntropyLoss(label_smoothing=STEP_PHASE.label_smoothing)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        criterion(model(x), y).backward()
+        if hook is not None:
+            hook()
+        optimizer.step()
+
+    return step
+
+
+def bench_methods(name: str, methods: list[str], *, batch: int, warmup: int, repeats: int,
+                  device: torch.device) -> list[dict[str, Any]]:
+    """Each method's training step against dense's, interleaved as the LoRITa rows are."""
+    dataset, dense, x, y = _dense_batch(name, batch, device)
+    dense_step = training_step(dense, x, y)
+    rows = []
+    for method in methods:
+        times = common.interleaved([("dense", dense_step), ("method", method_step(method, name, dense, x, y))],
+                                   warmup=warmup, repeats=repeats, device=device)
+        ratios = [me / de for de, me in zip(times["dense"], times["method"], strict=True)]
+        rows.append({"model": name, "dataset": dataset, "batch": batch, "method": method, "device": str(device),
+                     "dense_ms": 1000 * common.median(times["dense"]),
+                     "method_ms": 1000 * common.median(times["method"]), "ratio": common.median(ratios),
+                     "ratio_min": min(ratios), "ratio_max": max(ratios), "steps": len(ratios)})
+        print(f"  {name} {method}: {rows[-1]['dense_ms']:.1f} ms dense, {rows[-1]['method_ms']:.1f} ms, "
+              f"x{rows[-1]['ratio']:.3f}", flush=True)
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = {"quick": args.quick, "models": args.models, "batch": args.batch, "factors": args.factors,
-                "modes": args.modes, "warmup": args.warmup, "repeats": args.repeats, "device": str(args.device),
-                "optimizer": "SGD(lr=1e-3, momentum=0.9, weight_decay=5e-4)", "loss": "CE(label_smoothing=0.1)"}
-    rows = []
+                "modes": args.modes, "methods": args.methods, "warmup": args.warmup, "repeats": args.repeats,
+                "device": str(args.device), "optimizer": "SGD(lr=1e-3, momentum=0.9, weight_decay=5e-4)",
+                "loss": "CE(label_smoothing=0.1)"}
+    rows, method_rows = [], []
     for name in args.models:
         rows += bench_model(name, batch=args.batch, factors=args.factors, modes=args.modes, warmup=args.warmup,
                             repeats=args.repeats, device=args.device)
-    return common.result(NAME, settings, rows)
+        method_rows += bench_methods(name, args.methods, batch=args.batch, warmup=args.warmup, repeats=args.repeats,
+                                     device=args.device)
+    return common.result(NAME, settings, rows, methods=method_rows)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -139,8 +201,17 @@ def markdown(result: dict[str, Any]) -> str:
             "ratio: median over pairs of LoRITa step / the dense step just before it. extra MACs: analytic extra "
             "forward multiply-adds of the mode's per-layer choice relative to the dense forward. weight path: "
             "composed layers that multiply the weights first.\n\n")
-    return head + common.table(["model", "factors", "mode", "dense ms", "LoRITa ms", "ratio", "extra MACs",
+    text = head + common.table(["model", "factors", "mode", "dense ms", "LoRITa ms", "ratio", "extra MACs",
                                 "weight path", "target"], rows)
+    methods = result.get("methods")
+    if methods:
+        text += (f"\n\n### Training step of the methods whose training is not dense's ({s['device']}, batch "
+                 f"{s['batch']}, same pairs)\n\nratio: median over pairs of the method's step (its training model, "
+                 "optimizer groups and per-step hook) / the dense step just before it.\n\n")
+        text += common.table(["model", "method", "dense ms", "method ms", "ratio"],
+                             [[r["model"], r["method"], common.fmt(r["dense_ms"], 1), common.fmt(r["method_ms"], 1),
+                               f"{r['ratio']:.3f}"] for r in methods])
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="batch size (default 128; 2 with --quick)")
     p.add_argument("--factors", nargs="+", type=int, default=[2, 3])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--methods", nargs="*", choices=list(METHODS), default=list(TRAINING_METHODS),
+                   help=f"methods timed against dense (default {' '.join(TRAINING_METHODS)}; none: leave out)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up pairs (default 2; 1 with --quick)")
     p.add_argument("--repeats", type=int, default=None, help="timed pairs (default 7; 1 with --quick)")
     return p

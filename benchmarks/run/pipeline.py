@@ -120,7 +120,8 @@ def obtain_trained(cfg: RunConfig, method: Method, data: Dataset, device: torch.
         example = torch.zeros(2, *data.in_shape, device=device)
         hook = method.training_hook(cfg, model, example)
         history = train(model, data, _phase(cfg, data, finetune=False), seed=cfg.seed,
-                        checkpoint=folder / "checkpoint.pt", log=log, after_backward=hook, desc="train")
+                        checkpoint=folder / "checkpoint.pt", log=log, after_backward=hook,
+                        no_decay=method.no_decay(cfg, model), desc="train")
         plain = method.uncompressed(cfg, model)
         exclude = exclude_patterns(cfg, plain)
         meta = {"history": history, "train_time_s": sum(h.pop("epoch_time_s") for h in history),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +44,22 @@ class Phase:
     metrics: schema.EpochMetrics = schema.TRAINING  # the names its epochs are logged under
 
 
-def make_optimizer(model: nn.Module, phase: Phase) -> torch.optim.Optimizer:
-    """The phase's optimizer over all parameters (weight decay on all, as the authors)."""
+def make_optimizer(model: nn.Module, phase: Phase, no_decay: Collection[nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """The phase's optimizer: weight decay on every parameter (as the authors) but those in `no_decay`.
+
+    Parameter groups, in model.parameters() order within each: the decayed ones, then the exempt ones at weight decay
+    0; an empty group is left out, so without exemptions the optimizer is the one-group optimizer of all parameters.
+    """
+    exempt = {id(p) for p in no_decay}
     params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in exempt]},
+              {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
+    groups = [group for group in groups if group["params"]]
     if phase.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay)
+        return torch.optim.SGD(groups, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay)
     if phase.optimizer == "adam":
-        return torch.optim.Adam(params, lr=phase.lr, weight_decay=phase.weight_decay)
-    return torch.optim.AdamW(params, lr=phase.lr, weight_decay=phase.weight_decay)
+        return torch.optim.Adam(groups, lr=phase.lr, weight_decay=phase.weight_decay)
+    return torch.optim.AdamW(groups, lr=phase.lr, weight_decay=phase.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, phase: Phase):
@@ -110,14 +118,17 @@ def _resume(checkpoint: Path | None, model: nn.Module, optimizer: torch.optim.Op
 
 def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoint: Path | None = None,
           log: MetricLogger | None = None, after_backward: Callable[[], None] | None = None,
-          desc: str = "train") -> list[dict[str, float]]:
+          no_decay: Collection[nn.Parameter] = (), desc: str = "train") -> list[dict[str, float]]:
     """Train `model` in place for the phase; returns per-epoch metrics (and `epoch_time_s`, the optimization time).
+
+    `after_backward` runs between backward and the optimizer step (a method's penalty gradient); the parameters in
+    `no_decay` get no weight decay from the optimizer.
 
     Saves `checkpoint` after every epoch and resumes from it. After a Ctrl-C (with `benchmarks.run.interrupts`
     installed) the current batch finishes, the checkpoint is saved there and KeyboardInterrupt is raised; the
     resumed run then ends with exactly the numbers of an uninterrupted one.
     """
-    optimizer = make_optimizer(model, phase)
+    optimizer = make_optimizer(model, phase, no_decay)
     scheduler = make_scheduler(optimizer, phase)
     criterion = nn.CrossEntropyLoss(label_smoothing=phase.label_smoothing)
     order = torch.Generator().manual_seed(seed)
