@@ -186,18 +186,19 @@ def test_the_same_tuned_command_again_runs_nothing(store, tuned, capsys):
     assert sum(len(ts) for ts in _study_trials(tuned).values()) == 8
 
 
-def _task(path: str, name: str) -> studies.TrialTask:
+def _dense_study(store, name: str) -> studies.TrialTask:
+    """A one-trial dense study, created, and the task that runs its next trial."""
+    path = write_sweep(store, name, TUNED, methods=["dense"], tuning={"trials": 1, "space": DENSE_SPACE})
     sweep = load_sweep(path)
-    url = storage_url(sweep.tuning.storage)
-    unit = next(u for u in units(sweep) if u.name == name)
-    return studies.TrialTask(unit, url, sweep.tuning, None)
+    unit, = units(sweep)
+    task = studies.TrialTask(unit, storage_url(sweep.tuning.storage), sweep.tuning, None)
+    prepare(task.storage)
+    studies.create(task.unit, task.storage)
+    return task
 
 
 def test_a_trial_whose_process_died_is_failed_at_once_and_retried_with_its_values(store):
-    path = write_sweep(store, "dead", TUNED, methods=["dense"], tuning={"trials": 1, "space": DENSE_SPACE})
-    task = _task(path, "fcn-digits-dense")
-    prepare(task.storage)
-    studies.create(task.unit, task.storage)
+    task = _dense_study(store, "dead")
     study = optuna.load_study(study_name=task.unit.study, storage=open_storage(task.storage))
     # A trial asked by a process that died before telling: RUNNING, its claim free, its MLflow run RUNNING.
     dead = study.ask(studies.distributions(task.unit.space))
@@ -216,10 +217,7 @@ def test_a_trial_whose_process_died_is_failed_at_once_and_retried_with_its_value
 
 
 def test_an_interrupted_trial_is_queued_again_with_its_values(store, monkeypatch):
-    path = write_sweep(store, "stopped", TUNED, methods=["dense"], tuning={"trials": 1, "space": DENSE_SPACE})
-    task = _task(path, "fcn-digits-dense")
-    prepare(task.storage)
-    studies.create(task.unit, task.storage)
+    task = _dense_study(store, "stopped")
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -236,10 +234,7 @@ def test_an_interrupted_trial_is_queued_again_with_its_values(store, monkeypatch
 
 
 def test_a_diverged_trial_spends_its_trial_with_objective_zero(store, monkeypatch):
-    path = write_sweep(store, "nan", TUNED, methods=["dense"], tuning={"trials": 1, "space": DENSE_SPACE})
-    task = _task(path, "fcn-digits-dense")
-    prepare(task.storage)
-    studies.create(task.unit, task.storage)
+    task = _dense_study(store, "nan")
 
     def diverges(*args, **kwargs):
         raise NonFiniteLoss("loss is nan at epoch 1 (train)")

@@ -18,7 +18,6 @@ import lorita
 from benchmarks import checkpoints, tracking
 from benchmarks.config import RunConfig, config_to_dict, identity, stable_hash
 from benchmarks.data import Dataset, batches, load_dataset
-from benchmarks.errors import one_line
 from benchmarks.methods import Method, exclude_patterns, get_method, rebuild
 from benchmarks.methods.structure import DENSE, LOWRANK
 from benchmarks.models import create_model, imports_code
@@ -270,17 +269,10 @@ def _claimed(cfg: RunConfig, method: Method, data: Dataset, device: torch.device
     def log(metrics: dict[str, float], step: int) -> None:
         tracking.log_metrics(run_id, metrics, step=step)
 
-    try:
-        # Inside the try: a Ctrl-C from here on leaves the run KILLED, never RUNNING.
+    with tracking.recorded(run_id):
+        # Inside the block: a Ctrl-C from here on leaves the run KILLED, never RUNNING.
         tracking.log_text(run_id, schema.ARTIFACT_CONFIG, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         result = _stages(cfg, method, data, device, run_id, log, latency)
-    except KeyboardInterrupt:
-        tracking.end_run(run_id, schema.STATUS_KILLED, error="interrupted")
-        raise
-    except BaseException as err:
-        tracking.end_run(run_id, schema.STATUS_FAILED, error=one_line(err, kind=True))
-        raise
-    tracking.end_run(run_id, schema.STATUS_FINISHED)
     # Finished: a later --force run (or the same config in another experiment) must fine-tune afresh.
     shutil.rmtree(finetune_dir(cfg, data.fingerprint), ignore_errors=True)
     return result

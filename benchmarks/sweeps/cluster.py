@@ -112,13 +112,11 @@ def _run_task(cfg: RunConfig, parent_run_id: str, threads: int) -> RunResult:
     return run_one(cfg, parent_run_id, False)  # latency: measured by the driver afterwards
 
 
-def _result(ray: Any, ref: Any, cfg: RunConfig) -> RunResult:
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayError as err:
-        # The task did not return: its worker or node died, or it was cancelled. A run it left RUNNING is
-        # closed KILLED by the next sweep that runs this config (its claim died with the worker).
-        return RunResult(cfg, None, schema.STATUS_FAILED, error=one_line(getattr(err, "cause", None) or err, kind=True))
+def _result(session: RaySession, ref: Any, cfg: RunConfig) -> RunResult:
+    # A run a dead task left RUNNING is closed KILLED by the next sweep that runs this config (its claim died with
+    # the worker).
+    value, error = session.result(ref)
+    return value if error is None else RunResult(cfg, None, schema.STATUS_FAILED, error=error)
 
 
 @dataclass(frozen=True)
@@ -128,6 +126,14 @@ class RaySession:
     ray: Any
     cpus: int
     gpus: float
+
+    def result(self, ref: Any) -> tuple[Any, str | None]:
+        """(the task's return value, None), or (None, the one line saying why it did not return: its worker or node
+        died, or it was cancelled)."""
+        try:
+            return self.ray.get(ref), None
+        except self.ray.exceptions.RayError as err:
+            return None, one_line(getattr(err, "cause", None) or err, kind=True)
 
     def remote(self, fn: Callable, *, gpu: bool) -> Any:
         # Declared with its GPUs (not set per call) so that Ray gives each GPU task a fresh worker, which frees the
@@ -197,7 +203,7 @@ def _submit_and_wait(session: RaySession, pending: list[RunConfig], parent_run_i
 
     waiting: dict = {}
     try:
-        producers_first(pending, submit, wait_any, lambda ref, cfg: _result(session.ray, ref, cfg), done, waiting)
+        producers_first(pending, submit, wait_any, lambda ref, cfg: _result(session, ref, cfg), done, waiting)
     except KeyboardInterrupt:
         cancel(session, waiting)
         raise

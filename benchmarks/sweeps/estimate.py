@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass
 
@@ -26,36 +28,40 @@ class Estimate:
     seconds: float
 
 
-def _step_seconds(cfg: RunConfig, factors: int, in_shape: tuple[int, ...], num_classes: int) -> float:
-    """Median wall time of one SGD step of the block's model at its batch size on the run's device."""
-    device = resolve_device(cfg.device)
+@functools.cache
+def _step_seconds(model: str, kwargs: str, in_shape: tuple[int, ...], num_classes: int, batch_size: int,
+                  factors: int, device: str) -> float:
+    """Median wall time of one SGD step of the model (`kwargs` as JSON) at its batch size on the device; measured
+    once per process, however many grids (a tuning's studies, its reported grid) ask."""
     torch.manual_seed(0)
-    model = lorita.overparameterize(create_model(cfg.model, num_classes, in_shape, **cfg.model_kwargs), factors)
-    x = torch.randn(cfg.budget.batch_size, *in_shape, device=device)
-    y = torch.randint(0, num_classes, (cfg.budget.batch_size,), device=device)
-    return step_seconds(training_step(model.to(device), x, y), device)
+    net = lorita.overparameterize(create_model(model, num_classes, in_shape, **json.loads(kwargs)), factors)
+    where = resolve_device(device)
+    x = torch.randn(batch_size, *in_shape, device=where)
+    y = torch.randint(0, num_classes, (batch_size,), device=where)
+    return step_seconds(training_step(net.to(where), x, y), where)
+
+
+@functools.cache
+def _size(dataset: str, data_root: str | None, cache_dir: str) -> tuple[int, tuple[int, ...], int]:
+    """(training images, input shape, classes) of a dataset, loaded once per process."""
+    data = load_dataset(dataset, data_root=data_root, cache_dir=cache_dir)
+    return len(data.train_y), data.in_shape, data.num_classes
 
 
 def estimate(runs: list[RunConfig]) -> Estimate:
     """Measured time per training step x steps of every training and fine-tuning of `runs` (each trained model
     once); each dataset is loaded once, so a missing one fails here, before anything trains."""
-    sizes: dict[tuple, tuple] = {}
-    step_cost: dict[tuple, float] = {}
     trained: set[str] = set()
     seconds = 0.0
 
     def cost(cfg: RunConfig, factors: int) -> float:
-        count, in_shape, num_classes = sizes[cfg.dataset, cfg.data_root]
-        key = (cfg.model, repr(cfg.model_kwargs), in_shape, cfg.budget.batch_size, factors)
-        if key not in step_cost:
-            step_cost[key] = _step_seconds(cfg, factors, in_shape, num_classes)
+        count, in_shape, num_classes = _size(cfg.dataset, cfg.data_root, cfg.cache_dir)
+        step = _step_seconds(cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True), in_shape, num_classes,
+                             cfg.budget.batch_size, factors, cfg.device)
         # The validation split is held out of training.
-        return step_cost[key] * math.ceil(count * (1 - cfg.budget.val_fraction) / cfg.budget.batch_size)
+        return step * math.ceil(count * (1 - cfg.budget.val_fraction) / cfg.budget.batch_size)
 
     for cfg in runs:
-        if (cfg.dataset, cfg.data_root) not in sizes:
-            data = load_dataset(cfg.dataset, data_root=cfg.data_root, cache_dir=cfg.cache_dir)
-            sizes[cfg.dataset, cfg.data_root] = (len(data.train_y), data.in_shape, data.num_classes)
         if training_group(cfg) not in trained:
             trained.add(training_group(cfg))
             seconds += cost(cfg, cfg.factors) * cfg.budget.epochs

@@ -15,6 +15,7 @@ from benchmarks.tracking.delivery import (
     log_series,
     log_state,
     log_text,
+    recorded,
     set_tags,
     start_run,
     sync,
@@ -45,6 +46,6 @@ __all__ = [
     "ARTIFACTS_DIR", "DB_FILE", "MissingArtifact", "StoreError", "SyncResult", "client", "end_run", "ensure_store",
     "environment", "find_run", "flatten", "get_or_create_experiment", "has_metric", "is_http", "load_json",
     "load_state", "load_text", "log_history", "log_json", "log_metrics", "log_series", "log_state", "log_text",
-    "metric_history", "running_runs", "search_runs", "set_tags", "sqlite_db", "start_run", "sync",
+    "metric_history", "recorded", "running_runs", "search_runs", "set_tags", "sqlite_db", "start_run", "sync",
     "tracking_uri", "ui_command",
 ]

@@ -9,7 +9,8 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,20 @@ def end_run(run_id: str, status: str = schema.STATUS_FINISHED, error: str | None
         print(f"lorita-bench: warning: run {run_id} ended with {waiting} record(s) the tracking server "
               f"{shown_uri(uri)} has not received; they wait in {outbox.folder()} (lorita-bench sync sends them, "
               "as does the next run)", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def recorded(run_id: str) -> Iterator[None]:
+    """End the run as the block ends: FINISHED, KILLED on Ctrl-C ("interrupted"), else FAILED with the error's line.
+
+    Whatever ended the block is raised on: a run is never left RUNNING by the process that runs it.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        end_run(run_id, schema.STATUS_KILLED, error="interrupted")
+        raise
+    except BaseException as err:
+        end_run(run_id, schema.STATUS_FAILED, error=one_line(err, kind=True))
+        raise
+    end_run(run_id, schema.STATUS_FINISHED)

@@ -75,9 +75,7 @@ def prepare(url: str) -> None:
     try:
         with _lock(url):
             open_storage(url)
-    except (OSError, ValueError, RuntimeError, ImportError) as err:
-        raise ConfigError(f"sweep: the Optuna storage {url} cannot be opened: {one_line(err)}") from None
-    except Exception as err:  # SQLAlchemy's errors carry the database's own words
+    except Exception as err:  # SQLAlchemy's errors carry the database's own words in .orig
         raise ConfigError(f"sweep: the Optuna storage {url} cannot be opened: "
                           f"{one_line(getattr(err, 'orig', None) or err)}") from None
 

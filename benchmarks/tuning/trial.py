@@ -100,7 +100,7 @@ def run_trial(unit: Unit, values: dict[str, Any], number: int, *, objective: tup
               "trial": number, **{f"{schema.TUNED_PARAM_PREFIX}{k}": v for k, v in values.items()}}
     run_id = tracking.start_run(cfg.experiment, f"{unit.name}-trial{number}", params=params, tags=tags,
                                 parent_run_id=parent_run_id)
-    try:
+    with tracking.recorded(run_id):
         tracking.log_text(run_id, schema.ARTIFACT_CONFIG, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         try:
             metrics, diverged = _score(unit, values, objective, run_id), False
@@ -108,11 +108,4 @@ def run_trial(unit: Unit, values: dict[str, Any], number: int, *, objective: tup
             metrics, diverged = {schema.OBJECTIVE: DIVERGED_OBJECTIVE}, True
             tracking.set_tags(run_id, {schema.TAG_DIVERGED: "true", schema.TAG_ERROR: one_line(err)})
         tracking.log_metrics(run_id, metrics)
-    except KeyboardInterrupt:
-        tracking.end_run(run_id, schema.STATUS_KILLED, error="interrupted")
-        raise
-    except BaseException as err:
-        tracking.end_run(run_id, schema.STATUS_FAILED, error=one_line(err, kind=True))
-        raise
-    tracking.end_run(run_id, schema.STATUS_FINISHED)
     return TrialResult(metrics[schema.OBJECTIVE], metrics, diverged, run_id)

@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from benchmarks import tracking
 from benchmarks.config import RunConfig, stable_hash
-from benchmarks.errors import one_line
 from benchmarks.methods import SearchRange
 from benchmarks.run import claims
 from benchmarks.sweeps import cluster
@@ -123,12 +122,9 @@ def _execute(tasks: list[studies.TrialTask], jobs: int, executor: str, ray_optio
                 while pending:
                     ready, pending = session.ray.wait(pending, num_returns=1)
                     for ref in ready:
-                        try:
-                            on_outcome(session.ray.get(ref))
-                        except session.ray.exceptions.RayError as err:
-                            cause = getattr(err, "cause", None) or err
-                            on_outcome(studies.Outcome(refs[ref].unit.key, studies.FAILED,
-                                                       error=one_line(cause, kind=True)))
+                        outcome, error = session.result(ref)
+                        on_outcome(outcome if error is None else
+                                   studies.Outcome(refs[ref].unit.key, studies.FAILED, error=error))
             except KeyboardInterrupt:
                 cluster.cancel(session, pending)
                 raise
@@ -161,7 +157,8 @@ def tune(sweep: Sweep, *, jobs: int = 1, executor: str = "local", ray_options: d
     for unit in found:
         studies.create(unit, url)
     parent = _parent_run(sweep, found)
-    done = {u.key: studies.progress(u, url).complete for u in found}
+    progress = {u.key: studies.progress(u, url) for u in found}
+    done = {key: p.complete for key, p in progress.items()}
     print(_plan(sweep, found, done, url, parent), flush=True)
     started = time.perf_counter()
     failed: list[studies.Outcome] = []
@@ -180,7 +177,6 @@ def tune(sweep: Sweep, *, jobs: int = 1, executor: str = "local", ray_options: d
     try:
         with bar:
             while True:
-                progress = {u.key: studies.progress(u, url) for u in found}
                 need = {k: max(0, tuning.trials - p.complete - p.live) for k, p in progress.items()}
                 if failed or not any(need.values()):
                     held = [u.name for u in found if progress[u.key].complete < tuning.trials]
@@ -192,9 +188,10 @@ def tune(sweep: Sweep, *, jobs: int = 1, executor: str = "local", ray_options: d
                         tracking.end_run(parent, schema.STATUS_KILLED, "trials held by another process")
                         return Selection(EXIT_INCOMPLETE, [])
                     time.sleep(claims.WAIT_POLL_S)
-                    continue
-                tasks = [studies.TrialTask(u, url, tuning, parent) for u in _round_robin(found, need)]
-                _execute(tasks, jobs, executor, ray_options, parent, bar, on_outcome)
+                else:
+                    tasks = [studies.TrialTask(u, url, tuning, parent) for u in _round_robin(found, need)]
+                    _execute(tasks, jobs, executor, ray_options, parent, bar, on_outcome)
+                progress = {u.key: studies.progress(u, url) for u in found}
     except KeyboardInterrupt:
         tracking.end_run(parent, schema.STATUS_KILLED, "interrupted")
         print("tuning interrupted: run the same command again to resume (killed trials are retried with their "

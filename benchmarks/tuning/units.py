@@ -66,22 +66,22 @@ def units(sweep: Sweep) -> list[Unit]:
     """The studies of a tuned sweep, in the grid's order (dense first)."""
     tuning = sweep.tuning
     assert tuning is not None, "units() is for a sweep with a tuning block"
-    found: dict[str, list[RunConfig]] = {}
+    found: dict[str, dict[str, RunConfig]] = {}
     spaces: dict[str, dict[str, Dimension]] = {}
     for cfg in expand(sweep):
         space = tuning.space_for(get_method(cfg.method))
         key = _key(cfg, space)
         spaces[key] = space
+        # The grid's seeds become the tuning seed: one trial config per target.
         trial = selection_config(cfg, tuning, sweep.name + schema.TUNING_SUFFIX, tuning.seed)
-        runs = found.setdefault(key, [])
-        if all(trial.config_hash() != other.config_hash() for other in runs):
-            runs.append(trial)
+        found.setdefault(key, {}).setdefault(trial.config_hash(), trial)
     block = stable_hash(tuning.identity())
     out = []
-    for key, runs in found.items():
+    for key, by_hash in found.items():
+        runs = tuple(by_hash.values())
         name = _name(runs[0], spaces[key])
         out.append(Unit(key=key, name=name, study=f"{sweep.name}/{name}/{stable_hash([key, block])}",
-                        space=spaces[key], configs=tuple(runs)))
+                        space=spaces[key], configs=runs))
     return out
 
 
