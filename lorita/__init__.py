@@ -1,10 +1,10 @@
 """LoRITa: Low-Rank Induced Training (Zhang, Alkhouri, Wang; TMLR 2024) as a library for any PyTorch model."""
 
-from lorita.compose import collapse, overparameterize
+from lorita.compose import collapse, low_rank, overparameterize
 from lorita.counting import count_flops_params
 from lorita.factorize import factorize, truncate
-from lorita.ranks import plan_ranks, planned_layers
+from lorita.ranks import plan_ranks, planned_layers, scaled_ranks
 from lorita.spectra import spectra
 
-__all__ = ["collapse", "count_flops_params", "factorize", "overparameterize", "plan_ranks", "planned_layers", "spectra",
-           "truncate"]
+__all__ = ["collapse", "count_flops_params", "factorize", "low_rank", "overparameterize", "plan_ranks",
+           "planned_layers", "scaled_ranks", "spectra", "truncate"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 import warnings
 from collections.abc import Sequence
 from fnmatch import fnmatch
@@ -30,17 +32,32 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
 
 
+def _chain_cost(widths: Sequence[int]) -> int:
+    # Multiply-adds per position of applying the factors one after another: sum of d_i * d_(i+1).
+    return sum(a * b for a, b in itertools.pairwise(widths))
+
+
 class ComposedLinear(nn.Module):
-    """A Linear(in->out) written as `factors-1` square in x in maps followed by in->out."""
+    """A Linear(in->out) written as `factors` maps: in->width, `factors-2` width x width, then width->out.
+
+    width defaults to in (LoRITa's square in x in factors); a smaller width makes the product rank-`width` at most
+    (a factorized layer as low-rank training methods train it).
+    """
 
     def __init__(self, in_features: int, out_features: int, factors: int, bias: bool = True,
-                 mode: str = "auto", device=None, dtype=None) -> None:
+                 mode: str = "auto", device=None, dtype=None, width: int | None = None) -> None:
         super().__init__()
         _check_mode(mode)
         self.in_features, self.out_features, self.mode = in_features, out_features, mode
+        width = in_features if width is None else width
         kw = {"device": device, "dtype": dtype}
-        square = [nn.Linear(in_features, in_features, bias=False, **kw) for _ in range(factors - 1)]
-        self.factors = nn.ModuleList([*square, nn.Linear(in_features, out_features, bias=bias, **kw)])
+        sizes = [in_features] + [width] * (factors - 1) + [out_features]
+        self.factors = nn.ModuleList([nn.Linear(a, b, bias=bias and i == factors - 1, **kw)
+                                      for i, (a, b) in enumerate(itertools.pairwise(sizes))])
+
+    def widths(self) -> list[int]:
+        """in, then each factor's output width, ending with out."""
+        return [self.in_features] + [factor.out_features for factor in self.factors]
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -58,8 +75,11 @@ class ComposedLinear(nn.Module):
         if self.mode != "auto":
             return self.mode == "weight"
         rows = x.numel() // self.in_features
-        # Per extra factor: activation path rows*in^2, weight path out*in^2.
-        return self.out_features <= rows
+        # With square factors this is out <= rows (per extra factor, activations rows*in^2, weights out*in^2).
+        widths = self.widths()
+        # product_weight multiplies out x d_(i+1) by each d_(i+1) x d_i from the last factor back.
+        product = self.out_features * _chain_cost(widths[:-1])
+        return product + rows * self.in_features * self.out_features <= rows * _chain_cost(widths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_weight_product(x):
@@ -69,21 +89,29 @@ class ComposedLinear(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, factors={len(self.factors)}, mode={self.mode}"
+        return (f"{self.in_features}, {self.out_features}, factors={len(self.factors)}, "
+                f"width={self.factors[0].out_features}, mode={self.mode}")
 
 
 class ComposedConv2d(nn.Module):
-    """A k x k Conv2d(in->out) followed by `factors-1` 1x1 out x out convs, bias after the last."""
+    """A k x k Conv2d(in->width) followed by `factors-1` 1x1 convs (width x width, the last width->out), bias last.
 
-    def __init__(self, conv: nn.Conv2d, factors: int, mode: str = "auto") -> None:
+    width defaults to out (LoRITa's square out x out 1x1 factors); a smaller one bounds the product's rank by it.
+    """
+
+    def __init__(self, conv: nn.Conv2d, factors: int, mode: str = "auto", width: int | None = None) -> None:
         super().__init__()
         _check_mode(mode)
         self.mode = mode
         out, has_bias = conv.out_channels, conv.bias is not None
+        self.out_channels = out
+        width = out if width is None or factors == 1 else width
         kw = {"device": conv.weight.device, "dtype": conv.weight.dtype}
-        first = nn.Conv2d(conv.in_channels, out, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        first = nn.Conv2d(conv.in_channels, width, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                           bias=has_bias and factors == 1, padding_mode=conv.padding_mode, **kw)
-        pointwise = [nn.Conv2d(out, out, 1, bias=has_bias and i == factors - 2, **kw) for i in range(factors - 1)]
+        sizes = [width] * (factors - 1) + [out]
+        pointwise = [nn.Conv2d(a, b, 1, bias=has_bias and i == factors - 2, **kw)
+                     for i, (a, b) in enumerate(itertools.pairwise(sizes))]
         self.factors = nn.ModuleList([first, *pointwise])
 
     @property
@@ -96,7 +124,7 @@ class ComposedConv2d(nn.Module):
         weight = first.flatten(1)
         for factor in self.factors[1:]:
             weight = factor.weight.flatten(1) @ weight
-        return weight.view_as(first)
+        return weight.view(self.out_channels, *first.shape[1:])
 
     def use_weight_product(self, x: torch.Tensor) -> bool:
         """Whether multiplying the weights first costs fewer multiply-adds than chaining activations."""
@@ -104,10 +132,14 @@ class ComposedConv2d(nn.Module):
             return self.mode == "weight"
         first = self.factors[0]
         batch = x.numel() // (x.shape[-3] * x.shape[-2] * x.shape[-1])
-        h_out, w_out = conv_output_size(first, x.shape[-2], x.shape[-1])
-        k = first.kernel_size[0] * first.kernel_size[1]
-        # Per extra factor: activation path B*H_out*W_out*out^2, weight path out^2*in*k*k.
-        return first.in_channels * k <= batch * h_out * w_out
+        positions = batch * math.prod(conv_output_size(first, x.shape[-2], x.shape[-1]))
+        fan_in = first.weight[0].numel()
+        # With square factors this is in*k*k <= B*H_out*W_out (per extra factor, activations B*H_out*W_out*out^2,
+        # weights out^2*in*k*k).
+        widths = [fan_in] + [factor.out_channels for factor in self.factors]
+        # product_weight folds each 1x1 d_(j+1) x d_j into the d_j x in*k*k kernel, from the first factor on.
+        product = fan_in * _chain_cost(widths[1:])
+        return product + positions * fan_in * self.out_channels <= positions * _chain_cost(widths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first = self.factors[0]
@@ -119,8 +151,8 @@ class ComposedConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         first = self.factors[0]
-        return (f"{first.in_channels}, {first.out_channels}, kernel_size={first.kernel_size}, "
-                f"stride={first.stride}, factors={len(self.factors)}, mode={self.mode}")
+        return (f"{first.in_channels}, {self.out_channels}, kernel_size={first.kernel_size}, "
+                f"stride={first.stride}, factors={len(self.factors)}, width={first.out_channels}, mode={self.mode}")
 
 
 COMPOSED = (ComposedLinear, ComposedConv2d)
@@ -231,21 +263,51 @@ def _compose(name: str, module: nn.Module, factors: int, mode: str) -> nn.Module
 
 @torch.no_grad()
 def _spectral_(composed: nn.Module, layer: nn.Linear | nn.Conv2d) -> None:
-    """Set the factors of `composed` so that their product is `layer`'s weight, its singular values shared evenly."""
+    """Set the factors of `composed` so that their product is `layer`'s weight, its singular values shared evenly.
+
+    Factors narrower than the weight's rank hold its best approximation of their width (the truncated SVD).
+    """
     u, s, vh = reduced_svd(layer.weight.detach().to("cpu", torch.float64).flatten(1))
-    rank, root = len(s), s.pow(1 / len(composed.factors))
-    # Every factor's inner width (in for a Linear, out for a conv) is at least the rank; the rows and columns beyond
-    # it start at zero and, their gradient being zero, stay zero: the factorization is Khodak et al.'s rank
-    # min(out, fan_in) U V^T, zero-padded as in their code.
+    first = composed.factors[0].weight.shape[0]
+    rank = min(len(s), first)
+    root = s[:rank].pow(1 / len(composed.factors))
+    # Every factor's inner width (in for a Linear, out for a conv, unless narrowed) is at least the kept rank; the
+    # rows and columns beyond it start at zero and, their gradient being zero, stay zero: the factorization is Khodak
+    # et al.'s rank min(out, fan_in) U V^T, zero-padded as in their code.
     values = [torch.zeros(factor.weight.flatten(1).shape, dtype=torch.float64) for factor in composed.factors]
-    values[0][:rank] = root[:, None] * vh
+    values[0][:rank] = root[:, None] * vh[:rank]
     for middle in values[1:-1]:
         middle[:rank, :rank] = torch.diag(root)
-    values[-1][:, :rank] = u * root
+    values[-1][:, :rank] = u[:, :rank] * root
     for factor, value in zip(composed.factors, values, strict=True):
         factor.weight.copy_(value.reshape(factor.weight.shape))
     if layer.bias is not None:
         composed.factors[-1].bias.copy_(layer.bias)
+
+
+def low_rank(layer: nn.Linear | nn.Conv2d, rank: int, *, mode: str = "auto") -> nn.Module:
+    """`layer` as two trainable factors of inner width `rank` holding its best rank-`rank` approximation.
+
+    U S^(1/2) and S^(1/2) V^T of the truncated SVD (a Linear: in->rank->out; a conv: its k x k conv into `rank`
+    channels, then a 1x1 conv): a composed layer that collapse() multiplies back, as low-rank training (Cuttlefish)
+    switches a full-rank layer to factors.
+    """
+    limit = min(layer.weight.flatten(1).shape)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
+        raise ValueError(f"rank must be an int in [1, {limit}]; got {rank!r}")
+    _check_mode(mode)
+    if isinstance(layer, nn.Linear):
+        composed = ComposedLinear(layer.in_features, layer.out_features, 2, bias=layer.bias is not None, mode=mode,
+                                  device=layer.weight.device, dtype=layer.weight.dtype, width=rank)
+    elif isinstance(layer, nn.Conv2d) and layer.groups == 1:
+        composed = ComposedConv2d(layer, 2, mode, width=rank)
+    else:
+        raise ValueError(f"layer must be a Linear or a Conv2d with groups=1; got {layer!r}")
+    _spectral_(composed, layer)
+    composed.train(layer.training)
+    for factor in composed.factors:
+        factor.requires_grad_(layer.weight.requires_grad)
+    return composed
 
 
 def set_mode(model: nn.Module, mode: str) -> nn.Module:
@@ -278,7 +340,7 @@ def _collapsed(module: nn.Module) -> nn.Module:
                           device=device, dtype=dtype)
     else:
         first = module.factors[0]
-        plain = nn.Conv2d(first.in_channels, first.out_channels, first.kernel_size, first.stride, first.padding,
+        plain = nn.Conv2d(first.in_channels, module.out_channels, first.kernel_size, first.stride, first.padding,
                           first.dilation, bias=last.bias is not None, padding_mode=first.padding_mode,
                           device=device, dtype=dtype)
     plain.weight.copy_(weight)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 from lorita._validate import lowrank_layers, require_collapsed
 from lorita.compose import check_patterns, matches_any
 from lorita.costs import LayerCost, profile
-from lorita.spectra import spectra
+from lorita.spectra import spectra, weight_matrix
 
 POLICIES = ("uniform", "global", "energy", "flops_drop", "params_drop")
 # |achieved drop - target| allowed for flops_drop / params_drop, as fvcore counts it.
@@ -58,26 +58,19 @@ def _global(values: dict[str, np.ndarray], target: float) -> dict[str, int]:
     return {name: max(1, int(count)) for name, count in zip(values, kept, strict=True)}
 
 
-def _drop_search(values: dict[str, np.ndarray], layers: dict[str, LayerCost], base: int,
-                 cost: Callable[[LayerCost, int | None], int], policy: str, target: float) -> dict[str, int]:
-    # Threshold candidates are the normalized values themselves (ascending), plus one past the end for
-    # "every layer at rank 1". A higher threshold keeps fewer values, and a layer's cost never grows as its
-    # rank falls, so the drop is monotone in the candidate index: bisect it.
-    ascending = {name: _normalized(s)[::-1] for name, s in values.items()}
-    thresholds = np.unique(np.concatenate(list(ascending.values())))
-    fixed = base - sum(cost(layers[name], None) for name in values)  # what no plan of these layers changes
-
-    def plan(index: int) -> dict[str, int]:
-        threshold = thresholds[index] if index < len(thresholds) else np.inf
-        return {name: max(1, len(a) - int(np.searchsorted(a, threshold, side="left"))) for name, a in ascending.items()}
+def _bisect_plans(candidates: int, plan: Callable[[int], dict[str, int]], layers: dict[str, LayerCost], base: int,
+                  cost: Callable[[LayerCost, int | None], int], policy: str, target: float) -> dict[str, int]:
+    # plan(0..candidates) keeps fewer values as the index grows, ending with every layer at rank 1; a layer's cost
+    # never grows as its rank falls, so the drop is monotone in the index: bisect it.
+    fixed = base - sum(cost(layers[name], None) for name in plan(0))  # what no plan of these layers changes
 
     def drop(index: int) -> float:
         return 1 - (fixed + sum(cost(layers[name], r) for name, r in plan(index).items())) / base
 
-    largest = drop(len(thresholds))
+    largest = drop(candidates)
     if largest < target - DROP_TOLERANCE:
         raise ValueError(f"target={target} for {policy} is unreachable: the largest reachable drop is {largest:.3f}")
-    low, high = 0, len(thresholds)  # find the first index whose drop reaches target
+    low, high = 0, candidates  # find the first index whose drop reaches target
     while low < high:
         middle = (low + high) // 2
         if drop(middle) >= target:
@@ -90,6 +83,29 @@ def _drop_search(values: dict[str, np.ndarray], layers: dict[str, LayerCost], ba
         raise ValueError(f"target={target} for {policy} cannot be met within {DROP_TOLERANCE}: the nearest "
                          f"reachable drops are {drop(max(low - 1, 0)):.3f} and {drop(low):.3f}")
     return plan(best)
+
+
+def _drop_search(values: dict[str, np.ndarray], layers: dict[str, LayerCost], base: int,
+                 cost: Callable[[LayerCost, int | None], int], policy: str, target: float) -> dict[str, int]:
+    # Threshold candidates are the normalized values themselves (ascending), plus one past the end for
+    # "every layer at rank 1"; a higher threshold keeps fewer values.
+    ascending = {name: _normalized(s)[::-1] for name, s in values.items()}
+    thresholds = np.unique(np.concatenate(list(ascending.values())))
+
+    def plan(index: int) -> dict[str, int]:
+        threshold = thresholds[index] if index < len(thresholds) else np.inf
+        return {name: max(1, len(a) - int(np.searchsorted(a, threshold, side="left"))) for name, a in ascending.items()}
+
+    return _bisect_plans(len(thresholds), plan, layers, base, cost, policy, target)
+
+
+def _cost_facts(model: nn.Module, policy: str, example_input: torch.Tensor | None
+                ) -> tuple[dict[str, LayerCost], int, Callable[[LayerCost, int | None], int]]:
+    if policy == "flops_drop":
+        facts = profile(model, example_input)
+        return facts.layers, facts.flops, LayerCost.flops
+    facts = profile(model)
+    return facts.layers, facts.params, LayerCost.params
 
 
 def planned_layers(model: nn.Module, exclude: Sequence[str] | None = None) -> dict[str, nn.Linear | nn.Conv2d]:
@@ -133,8 +149,44 @@ def plan_ranks(model: nn.Module, policy: str, target: float, *, example_input: t
         return _energy(values, target)
     if policy == "global":
         return _global(values, target)
-    if policy == "flops_drop":
-        facts = profile(model, example_input)
-        return _drop_search(values, facts.layers, facts.flops, LayerCost.flops, policy, target)
-    facts = profile(model)
-    return _drop_search(values, facts.layers, facts.params, LayerCost.params, policy, target)
+    return _drop_search(values, *_cost_facts(model, policy, example_input), policy, target)
+
+
+def scaled_ranks(model: nn.Module, shares: Mapping[str, float], policy: str, target: float, *,
+                 example_input: torch.Tensor | None = None) -> dict[str, int]:
+    """Ranks in proportion to `shares`, scaled by one factor so that factorize(model, ranks) meets the target.
+
+    Each layer named in `shares` gets min(ceil(a * share), its full rank), at least 1, with a > 0 chosen by
+    bisection (where layers tie at a, one layer steps at a time, in the order of `shares`) so that the FLOPs (policy
+    flops_drop, needs `example_input`) or parameters (params_drop) drop by `target` within 0.01 as
+    count_flops_params counts them. A layer whose rank is not cheaper split stays one layer at full cost
+    (lorita.costs), so callers that keep such layers whole meet the same target. Low-rank training (Cuttlefish)
+    plans its switch with it: shares are each layer's scaled stable rank.
+    """
+    if policy not in ("flops_drop", "params_drop"):
+        raise ValueError(f"policy must be flops_drop or params_drop; got {policy!r}")
+    _check_target(policy, target)
+    require_collapsed(model)
+    if policy == "flops_drop" and example_input is None:
+        raise ValueError("example_input is required for policy 'flops_drop' (a batch the model accepts); got None")
+    layers = lowrank_layers(model)
+    full = {}
+    for name, share in shares.items():
+        if name not in layers:
+            raise ValueError(f"shares names {name!r}, which is not a Linear or Conv2d (groups=1) layer of the model")
+        if isinstance(share, bool) or not isinstance(share, numbers.Real) or not share > 0:
+            raise ValueError(f"shares[{name!r}] must be a number > 0; got {share!r}")
+        full[name] = min(weight_matrix(layers[name].weight).shape)
+    if not full:
+        raise ValueError(f"target={target} for {policy} is unreachable: shares name no layer")
+    # Rank k of a layer comes in at scale a = k / share; taking those steps one at a time (ties in layer order) moves
+    # one layer by one rank per candidate, the finest steps the target can be met in.
+    names = list(full)
+    steps = sorted((k / shares[name], i) for i, name in enumerate(names) for k in range(2, full[name] + 1))
+    owner = np.array([i for _, i in steps], dtype=int)
+
+    def plan(index: int) -> dict[str, int]:
+        counts = np.bincount(owner[:len(steps) - index], minlength=len(names))
+        return {name: 1 + int(count) for name, count in zip(names, counts, strict=True)}
+
+    return _bisect_plans(len(steps), plan, *_cost_facts(model, policy, example_input), policy, target)

@@ -241,11 +241,13 @@ def test_flops_drop_is_met_within_one_point_by_fvcore(method, family):
     x = torch.randn(shape)
     cfg = _cfg(method)
     found = get_method(method)
-    base = found.uncompressed(cfg, found.build_for_training(cfg, dense)).eval()
+    trained = found.build_for_training(cfg, dense).eval()
+    base = found.uncompressed(cfg, trained).eval()
     flops_base, params_base = count_flops_params(base, x)
     for target in (0.3, 0.5, 0.7):
         compressed, structure = found.compress(_cfg(method, target), base, target=target,
-                                               reference=(flops_base, params_base), example=x, train_batches=[])
+                                               reference=(flops_base, params_base), example=x, train_batches=[],
+                                               trained=trained)
         flops, _ = count_flops_params(compressed, x)
         assert abs(1 - flops / flops_base - target) <= 0.01, (target, flops / flops_base)
         assert structure["ranks"]

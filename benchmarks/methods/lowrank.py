@@ -18,7 +18,7 @@ from lorita.compose import INITS
 
 
 def compress_lowrank(cfg: RunConfig, model: nn.Module, *, target: float, reference: tuple[int, int],
-                     example: torch.Tensor, train_batches: Iterable) -> tuple[nn.Module, dict]:
+                     example: torch.Tensor, train_batches: Iterable, trained: nn.Module) -> tuple[nn.Module, dict]:
     """SVD-truncate each layer to the ranks that meet the target (lorita.plan_ranks), as two thin layers."""
     ranks = lorita.plan_ranks(model, cfg.target_metric, target, example_input=example,
                               exclude=exclude_patterns(cfg, model))

@@ -51,7 +51,7 @@ def _hook(cfg: RunConfig, model: nn.Module, example: torch.Tensor) -> StepHook |
 
 
 def _compress(cfg: RunConfig, model: nn.Module, *, target: float, reference: tuple[int, int],
-              example: torch.Tensor, train_batches: Iterable) -> tuple[nn.Module, dict]:
+              example: torch.Tensor, train_batches: Iterable, trained: nn.Module) -> tuple[nn.Module, dict]:
     options = {k: v for k, v in cfg.method_options.items() if k not in _HARNESS_OPTIONS}
     ignored = [] if cfg.exclude is None else list(cfg.exclude)
     pruned = baselines.prune(model, cfg.method, target, metric=cfg.target_metric.removesuffix("_drop"),

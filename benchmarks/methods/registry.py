@@ -19,7 +19,8 @@ from benchmarks.config import BUDGET_FIELDS, ConfigError, RunConfig, check_keys
 
 # A per-step hook run after loss.backward() and before optimizer.step() (a sparsity regularizer).
 StepHook = Callable[[], None]
-# compress(cfg, model, target=, reference=, example=, train_batches=) -> (compressed model, structure)
+# compress(cfg, model, target=, reference=, example=, train_batches=, trained=) -> (compressed model, structure);
+# model is the uncompressed network, trained the model as trained (Cuttlefish reads its ranks there).
 Compress = Callable[..., tuple[nn.Module, dict]]
 
 
@@ -49,11 +50,37 @@ class Option:
         return self.search is not None
 
 
+@dataclass
+class Switch:
+    """A change of the model's structure between two epochs of training (Cuttlefish: full-rank layers to factors).
+
+    Before each epoch until the change, `decide(model, history)` returns it (a dict of JSON types) or None; `apply(
+    model, change)` makes it in place, and training continues with the optimizer and schedule rebuilt for the new
+    parameters (the schedule's position and the learning rate carried over, the optimizer's state not). `measure(model)`
+    adds numbers to every epoch's metrics. `made` is what happened, {"epoch": epochs before it, **change}, once it
+    happened (or was read back from a checkpoint): the checkpoint holds it, and a resume applies it again before it
+    loads the state.
+    """
+
+    decide: Callable[[nn.Module, list[dict[str, float]]], dict[str, Any] | None]
+    apply: Callable[[nn.Module, dict[str, Any]], None]
+    measure: Callable[[nn.Module], dict[str, float]]
+    made: dict[str, Any] | None = None
+
+
 def _same(cfg: RunConfig, model: nn.Module) -> nn.Module:
     return model
 
 
 def _no_hook(cfg: RunConfig, model: nn.Module, example: torch.Tensor) -> StepHook | None:
+    return None
+
+
+def _no_switch(cfg: RunConfig, model: nn.Module, example: torch.Tensor) -> Switch | None:
+    return None
+
+
+def _no_check(cfg: RunConfig) -> None:
     return None
 
 
@@ -82,6 +109,9 @@ class Method:
     families share one trained model.
     no_decay: the parameters of the model built for training that the optimizer must not decay (a penalty of the
     method's own stands in for weight decay on them); every other parameter gets the budget's weight decay.
+    check: the method's checks across fields (an option against the budget), after each option's own; a ConfigError.
+    switch: the change of structure the method makes during training (built on the model before its first epoch), if
+    any; the trained model is cached and reloaded with it applied.
     """
 
     name: str
@@ -94,9 +124,11 @@ class Method:
     default_factors: int = 1
     plain_training: bool = True
     options: Mapping[str, Option] = field(default_factory=dict)
+    check: Callable[[RunConfig], None] = _no_check
     family: Callable[[RunConfig], dict] = _dense_family
     build_for_training: Callable[[RunConfig, nn.Module], nn.Module] = _same
     training_hook: Callable[[RunConfig, nn.Module, torch.Tensor], StepHook | None] = _no_hook
+    switch: Callable[[RunConfig, nn.Module, torch.Tensor], Switch | None] = _no_switch
     no_decay: Callable[[RunConfig, nn.Module], list[nn.Parameter]] = _decay_all
     uncompressed: Callable[[RunConfig, nn.Module], nn.Module] = _same
     steps: Callable[[RunConfig], int] = _one_step
@@ -137,7 +169,9 @@ class Method:
             check_keys([key], self.options, context="config", prefix="method_options.", owner=self.name)
             if not self.options[key].ok(value):
                 raise ConfigError(f"config: method_options.{key} must be {self.options[key].allowed}; got {value!r}")
-        return dataclasses.replace(cfg, factors=factors)
+        resolved = dataclasses.replace(cfg, factors=factors)
+        self.check(resolved)
+        return resolved
 
 
 METHODS: dict[str, Method] = {}

@@ -5,7 +5,7 @@ per-pair ratios LoRITa / preceding dense is reported, next to each side's median
 extra forward multiply-adds of each mode's per-layer choice (formulas of compose.py's use_weight_product) relative to
 the dense model's forward (fvcore, at the same batch). A second table times, the same way, the step of each method
 whose training is not dense's (`--methods`; default the low-rank training baselines) as the pipeline takes it: the
-method's training model, its optimizer groups and its per-step hook.
+method's training model, its optimizer groups and its per-step hook (Cuttlefish's after its switch to factors).
 
     python -m benchmarks.perf.train_step [--out DIR] [--quick] [--device cpu|cuda|auto] [--models vgg16 ...]
         [--methods nuclear frob_decay ...]
@@ -45,7 +45,7 @@ TARGETS = {("resnet20", 3, "auto"): 1.05, ("vgg16", 3, "auto"): 1.15}
 TARGET_SETTING = ("cpu", 128)  # the targets are judged only at this (device type, batch)
 QUICK_MODELS = ("resnet20", "fcn")
 # Methods whose training step is not dense's: the low-rank training baselines' penalties run every step.
-TRAINING_METHODS = ("nuclear", "frob_decay")
+TRAINING_METHODS = ("nuclear", "frob_decay", "cuttlefish")
 # measure.training_step's optimizer and loss, so that the method and the dense step differ in the method alone.
 STEP_PHASE = Phase(epochs=1, lr=1e-3, schedule="constant", optimizer="sgd", momentum=0.9, weight_decay=5e-4,
                    label_smoothing=0.1, batch_size=1, augment=False)
@@ -140,6 +140,9 @@ def method_step(method_name: str, model_name: str, dense: nn.Module, x: torch.Te
     cfg = resolve(make_config({"model": model_name, "method": method_name,
                                **({"target_metric": "flops_drop", "target": 0.5} if method.compresses else {})}))
     model = method.build_for_training(cfg, copy.deepcopy(dense))
+    switch = method.switch(cfg, model, x[:2])
+    if switch is not None:  # timed after its change of structure, as it comes at the latest (the budget's last epoch)
+        switch.apply(model, switch.decide(model, [switch.measure(model)] * (cfg.budget.epochs - 1)))
     optimizer = make_optimizer(model, STEP_PHASE, method.no_decay(cfg, model))
     hook = method.training_hook(cfg, model, x[:2])
     criterion = nn.CrossEntropyLoss(label_smoothing=STEP_PHASE.label_smoothing)

@@ -81,17 +81,28 @@ def trained_key(cfg: RunConfig, data_fingerprint: str) -> str:
     return stable_hash({**_training(cfg), "data": data_fingerprint})
 
 
-def _cached(folder: Path, model: nn.Module) -> dict | None:
-    """The cached training's meta, with its weights loaded into `model`; None when absent or unusable."""
+def _cached(folder: Path, model: nn.Module, switch) -> dict | None:
+    """The cached training's meta, with its weights loaded into `model` (its structure change applied first); None
+    when absent or unusable."""
     meta_path, state_path = folder / "meta.pt", folder / "model.pt"
     if not (meta_path.exists() and state_path.exists()):
         return None
     try:
         meta = checkpoints.load(meta_path)
-        checkpoints.load_state(state_path, model)
+        made = meta.get("switch") if isinstance(meta, dict) else None
+        shaped = model
+        if made is not None:  # on a copy first: an unusable cache must leave the model as built
+            if switch is None:
+                raise checkpoints.UnusableFile(f"{meta_path} records a change of structure this method does not make")
+            shaped = copy.deepcopy(model)
+            switch.apply(shaped, {k: v for k, v in made.items() if k != "epoch"})
+        checkpoints.load_state(state_path, shaped)
     except checkpoints.UnusableFile as err:
         tqdm.write(f"cached model unusable: {err}; training again")
         return None
+    if made is not None:
+        switch.apply(model, {k: v for k, v in made.items() if k != "epoch"})
+        model.load_state_dict(shaped.state_dict())
     return meta
 
 
@@ -108,25 +119,27 @@ def obtain_trained(cfg: RunConfig, method: Method, data: Dataset, device: torch.
     folder = Path(cfg.cache_dir) / "trained" / trained_key(cfg, data.fingerprint)
     folder.mkdir(parents=True, exist_ok=True)
     model = method.build_for_training(cfg, _fresh_model(cfg, data)).to(device)
+    example = torch.zeros(2, *data.in_shape, device=device)
+    switch = method.switch(cfg, model, example)
     # One process trains a given model; another asking for it waits, then reuses it.
     with FileLock(str(folder / ".lock")):
-        meta = _cached(folder, model)
+        meta = _cached(folder, model, switch)
         if meta is not None:
             tqdm.write(f"reusing trained model {folder} (trained in {meta['train_time_s']:.1f} s)")
             log_history(meta["history"])
             return Trained(model.to(device), meta, cache_hit=True)
         checkpoints.require_space(folder, model)
-        example = torch.zeros(2, *data.in_shape, device=device)
         hook = method.training_hook(cfg, model, example)
         history = train(model, data, _phase(cfg, data, finetune=False), seed=cfg.seed,
                         checkpoint=folder / "checkpoint.pt", log=log, after_backward=hook,
-                        no_decay=method.no_decay(cfg, model), desc="train")
+                        no_decay=method.no_decay(cfg, model), switch=switch, desc="train")
         plain = method.uncompressed(cfg, model)
         exclude = exclude_patterns(cfg, plain)
         meta = {"history": history, "train_time_s": sum(h.pop("epoch_time_s") for h in history),
                 "acc_trained": evaluate(model, data.test_x, data.test_y, data),
                 "acc_at_keep": keep_curve(plain, lambda m: evaluate(m, data.test_x, data.test_y, data), exclude),
-                "spectra": {k: v.tolist() for k, v in lorita.spectra(plain).items()}}
+                "spectra": {k: v.tolist() for k, v in lorita.spectra(plain).items()},
+                "switch": switch.made if switch is not None else None}
         # The model before its meta: meta.pt present means the pair is complete.
         checkpoints.save(folder / "model.pt", model.state_dict())
         checkpoints.save(folder / "meta.pt", meta)
@@ -146,10 +159,11 @@ def _split_epochs(total: int, steps: int) -> list[int]:
 
 
 def compress_and_finetune(cfg: RunConfig, method: Method, data: Dataset, base: nn.Module, device: torch.device,
-                          log, reference: tuple[int, int]) -> tuple[nn.Module, dict, float]:
+                          log, reference: tuple[int, int], trained: nn.Module) -> tuple[nn.Module, dict, float]:
     """Compress to the target in `steps` rounds, fine-tuning between them within the one fine-tune budget.
 
-    `reference` is the uncompressed model's (FLOPs, params): every round's drop is measured against it.
+    `reference` is the uncompressed model's (FLOPs, params): every round's drop is measured against it. `trained`
+    is the model as trained (`base` is it uncompressed).
     """
     example = torch.zeros(1, *data.in_shape, device=device)
     folder = check_writable(finetune_dir(cfg, data.fingerprint))
@@ -159,7 +173,8 @@ def compress_and_finetune(cfg: RunConfig, method: Method, data: Dataset, base: n
     model, structure, acc_compressed, done = base, {}, float("nan"), 0
     for i, epochs in enumerate(_split_epochs(cfg.budget.finetune_epochs, steps), 1):
         model, structure = method.compress(cfg, copy.deepcopy(model), target=cfg.target * i / steps,
-                                           reference=reference, example=example, train_batches=train_batches)
+                                           reference=reference, example=example, train_batches=train_batches,
+                                           trained=trained)
         model = model.to(device)
         acc_compressed = evaluate(model, data.test_x, data.test_y, data)
         train(model, data, _phase(cfg, data, finetune=True, epochs=epochs), seed=cfg.seed + i,
@@ -289,7 +304,7 @@ def _stages(cfg: RunConfig, method: Method, data: Dataset, device: torch.device,
         final, structure, acc_compressed, acc_finetuned = base, {"kind": DENSE}, acc_trained, acc_trained
     else:
         final, structure, acc_compressed = compress_and_finetune(cfg, method, data, base, device, log,
-                                                                 (flops_base, params_base))
+                                                                 (flops_base, params_base), trained.model)
         acc_finetuned = evaluate(final, data.test_x, data.test_y, data)
     flops, params = model_size(final, data, device)
     metrics = {schema.ACC_TRAINED: acc_trained, schema.ACC_COMPRESSED: acc_compressed,
@@ -305,6 +320,9 @@ def _stages(cfg: RunConfig, method: Method, data: Dataset, device: torch.device,
     tracking.log_json(run_id, schema.ARTIFACT_SPECTRA, trained.meta["spectra"])
     if structure.get("kind") == LOWRANK:
         tracking.log_json(run_id, schema.ARTIFACT_RANKS, structure["ranks"])
+    if trained.meta.get("switch") is not None:  # when the training changed structure, and to what
+        tracking.log_metrics(run_id, {schema.SWITCH_EPOCH: trained.meta["switch"]["epoch"]})
+        tracking.log_json(run_id, schema.ARTIFACT_SWITCH, trained.meta["switch"])
     structure = {**structure, "num_classes": data.num_classes, "in_shape": list(data.in_shape)}
     tracking.log_state(run_id, {k: v.cpu() for k, v in final.state_dict().items()}, structure)
     return RunResult(cfg, run_id, schema.STATUS_FINISHED, metrics, cache_hit=trained.cache_hit)

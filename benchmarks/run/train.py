@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from tqdm.auto import tqdm
 from benchmarks import checkpoints
 from benchmarks.checkpoints import UnusableFile
 from benchmarks.data import Dataset, batches
+from benchmarks.methods.registry import Switch
 from benchmarks.run import interrupts
 from benchmarks.tracking import schema
 from lorita.forward import evaluating
@@ -92,49 +95,87 @@ CHECKPOINT_KEYS = frozenset({"model", "optimizer", "scheduler", "order", "torch_
                              "sums", "elapsed"})
 
 
-def _resume(checkpoint: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict | None:
-    """The checkpoint's state, loaded into model, optimizer and scheduler; None (start afresh) if absent or unusable."""
+def _resume(checkpoint: Path | None, model: nn.Module, switch: Switch | None) -> dict | None:
+    """The checkpoint's state, its structure change applied to `model`; None (start afresh) if absent or unusable."""
     if checkpoint is None or not checkpoint.exists():
         return None
     try:
         state = checkpoints.load(checkpoint)
         if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
             raise UnusableFile(f"{checkpoint} is not a training checkpoint of this version")
-        checkpoints.check_state(model, state["model"], checkpoint)
-        saved = [len(group["params"]) for group in state["optimizer"]["param_groups"]]
-        if saved != [len(group["params"]) for group in optimizer.param_groups]:
-            raise UnusableFile(f"{checkpoint} was written for another optimizer setup")
+        made = state.get("switch")
+        if made is not None and switch is None:
+            raise UnusableFile(f"{checkpoint} was written after a change of structure this training does not make")
+        shaped = model
+        if made is not None:  # checked on a copy: an unusable checkpoint must leave the model as it was
+            shaped = copy.deepcopy(model)
+            switch.apply(shaped, {k: v for k, v in made.items() if k != "epoch"})
+        checkpoints.check_state(shaped, state["model"], checkpoint)
     except UnusableFile as err:
         tqdm.write(f"checkpoint unusable: {err}; starting this phase again")
         return None
-    model.load_state_dict(state["model"])
+    if made is not None:
+        switch.apply(model, {k: v for k, v in made.items() if k != "epoch"})
+        switch.made = made
+    return state
+
+
+def _load_training_state(state: dict, checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler,
+                         switched: bool) -> bool:
+    """Load the optimizer's and scheduler's state and the RNGs; False when the optimizer's groups differ."""
+    saved = [len(group["params"]) for group in state["optimizer"]["param_groups"]]
+    if saved != [len(group["params"]) for group in optimizer.param_groups]:
+        if switched:  # the model is already reshaped: it cannot start this phase afresh
+            raise UnusableFile(f"{checkpoint} was written for another optimizer setup after a change of structure; "
+                               "delete it to train this phase again")
+        tqdm.write(f"checkpoint unusable: {checkpoint} was written for another optimizer setup; starting this phase "
+                   "again")
+        return False
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and len(state.get("cuda_rng", [])) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda_rng"])  # dropout on a GPU draws from these
-    return state
+    return True
+
+
+def _rebuilt(model: nn.Module, phase: Phase, no_decay: Collection[nn.Parameter], old: torch.optim.Optimizer,
+             old_scheduler) -> tuple[torch.optim.Optimizer, Any]:
+    """An optimizer over the model's parameters after a change of structure, at the old one's learning rate and the
+    old schedule's position."""
+    optimizer = make_optimizer(model, phase, no_decay)
+    scheduler = make_scheduler(optimizer, phase)
+    scheduler.load_state_dict(old_scheduler.state_dict())
+    for group in optimizer.param_groups:
+        group["lr"] = old.param_groups[0]["lr"]
+    return optimizer, scheduler
 
 
 def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoint: Path | None = None,
           log: MetricLogger | None = None, after_backward: Callable[[], None] | None = None,
-          no_decay: Collection[nn.Parameter] = (), desc: str = "train") -> list[dict[str, float]]:
+          no_decay: Collection[nn.Parameter] = (), switch: Switch | None = None,
+          desc: str = "train") -> list[dict[str, float]]:
     """Train `model` in place for the phase; returns per-epoch metrics (and `epoch_time_s`, the optimization time).
 
     `after_backward` runs between backward and the optimizer step (a method's penalty gradient); the parameters in
-    `no_decay` get no weight decay from the optimizer.
+    `no_decay` get no weight decay from the optimizer. `switch` changes the model's structure between epochs.
 
     Saves `checkpoint` after every epoch and resumes from it. After a Ctrl-C (with `benchmarks.run.interrupts`
     installed) the current batch finishes, the checkpoint is saved there and KeyboardInterrupt is raised; the
     resumed run then ends with exactly the numbers of an uninterrupted one.
     """
+    state = _resume(checkpoint, model, switch)
     optimizer = make_optimizer(model, phase, no_decay)
     scheduler = make_scheduler(optimizer, phase)
+    if state is not None and not _load_training_state(state, checkpoint, optimizer, scheduler,
+                                                      switched=state.get("switch") is not None):
+        state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
     criterion = nn.CrossEntropyLoss(label_smoothing=phase.label_smoothing)
     order = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     start, done, sums, elapsed = 0, 0, (0.0, 0, 0), 0.0
-    state = _resume(checkpoint, model, optimizer, scheduler)
     if state is not None:
         order.set_state(state["order"])
         history, start, done, sums, elapsed = (state["history"], state["epoch"], state["batch"],
@@ -149,7 +190,7 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "order": epoch_order, "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch,
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "batch": batch, "sums": list(sums), "elapsed": elapsed})
+            "batch": batch, "sums": list(sums), "elapsed": elapsed, "switch": switch.made if switch else None})
 
     def stop(where: str) -> None:
         tqdm.write(f"interrupted after {where}" + (f" (checkpoint {checkpoint})" if checkpoint is not None else ""))
@@ -161,6 +202,13 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
                   leave=False, dynamic_ncols=True)
     with interrupts.deferred():
         for epoch in epochs:
+            if switch is not None and switch.made is None and not done:
+                change = switch.decide(model, history)
+                if change is not None:
+                    switch.apply(model, change)
+                    switch.made = {"epoch": epoch, **change}
+                    optimizer, scheduler = _rebuilt(model, phase, no_decay, optimizer, scheduler)
+                    tqdm.write(f"{desc}: structure changed after epoch {epoch}: {change}")
             model.train()
             # A mid-epoch resume replays this epoch's shuffle from the generator state it started with.
             epoch_order = order.get_state()
@@ -196,6 +244,8 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
                        names.test_acc: evaluate(model, data.test_x, data.test_y, data)}
             if len(data.val_y):
                 metrics[names.val_acc] = evaluate(model, data.val_x, data.val_y, data)
+            if switch is not None:
+                metrics.update(switch.measure(model))
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(metrics[names.train_acc])
             else:

@@ -53,6 +53,10 @@ LATENCY_MS_B128 = "latency_ms_b128"  # CPU, batch size 128
 LATENCY_MS_B1_GPU = "latency_ms_b1_gpu"
 LATENCY_MS_B128_GPU = "latency_ms_b128_gpu"
 TRAIN_TIME_S = "train_time_s"
+# A training that changed the model's structure (Cuttlefish's switch to factors): the epochs trained before it.
+SWITCH_EPOCH = "switch_epoch"
+# Per-epoch stable rank ||W||_F^2 / ||W||_2^2 of each compressed layer (Cuttlefish), as "stable_rank/<layer>".
+STABLE_RANK_PREFIX = "stable_rank/"
 
 # --- Tuning trials (each an MLflow run in the experiment "<sweep name>-tuning") ----------------------------
 TUNING_SUFFIX = "-tuning"
@@ -101,6 +105,7 @@ ARTIFACT_CONFIG = "config.yaml"  # the resolved config the run was started with
 ARTIFACT_RANKS = "ranks.json"  # per-layer rank plan
 ARTIFACT_STRUCTURE = "structure.json"  # what rebuilding the compressed model needs (rank plan, channels)
 ARTIFACT_SPECTRA = "spectra.json"  # per-layer singular values of the trained model
+ARTIFACT_SWITCH = "switch.json"  # a training's change of structure: {"epoch": epochs before it, "ranks": ...}
 ARTIFACT_MODEL = "model.pt"  # final state dict (torch.save; load with weights_only=True)
 ARTIFACT_SELECTED = "selected.json"  # on a tuning's parent: per study (its name) its method, values, objective, trial
 ARTIFACT_SWEEP = "sweep.yaml"  # on a sweep's parent run: the sweep file

@@ -21,7 +21,14 @@ from benchmarks.errors import one_line
 from benchmarks.methods import get_method
 from benchmarks.run import claims
 from benchmarks.run.environment import check_writable, environment_tags, resolve_device
-from benchmarks.run.pipeline import compress_and_finetune, finetune_dir, model_size, obtain_trained, run_key
+from benchmarks.run.pipeline import (
+    compress_and_finetune,
+    finetune_dir,
+    model_size,
+    obtain_trained,
+    run_key,
+    training_group,
+)
 from benchmarks.run.train import NonFiniteLoss, evaluate
 from benchmarks.tracking import schema
 from benchmarks.tuning.units import Unit, apply
@@ -49,7 +56,8 @@ def _as_validation(metrics: dict[str, float]) -> dict[str, float]:
 
 def _score(unit: Unit, values: dict[str, Any], objective: tuple[str, float] | None,
            run_id: str) -> dict[str, float]:
-    """Train once, compress to each target and fine-tune: the validation accuracies (and the objective)."""
+    """Train (once per trained model the targets need), compress to each target and fine-tune: the validation
+    accuracies (and the objective)."""
     configs = [apply(cfg, values) for cfg in unit.configs]
     first = configs[0]
     method = get_method(first.method)
@@ -62,19 +70,34 @@ def _score(unit: Unit, values: dict[str, Any], objective: tuple[str, float] | No
     def log(metrics: dict[str, float], step: int) -> None:
         tracking.log_metrics(run_id, _as_validation(metrics), step=step)
 
-    trained = obtain_trained(first, method, data, device, log,
-                             lambda history: tracking.log_history(run_id, [_as_validation(h) for h in history]))
-    metrics = {schema.VAL_ACC_TRAINED: trained.meta["acc_trained"]}
-    if not method.compresses:
-        return {**metrics, schema.OBJECTIVE: metrics[schema.VAL_ACC_TRAINED]}
-    base = method.uncompressed(first, trained.model)
-    reference = model_size(base, data, device)
+    def log_history(history: list[dict[str, float]]) -> None:
+        tracking.log_history(run_id, [_as_validation(h) for h in history])
+
+    def silent(*_: object) -> None:
+        pass
+
+    # Most methods train once for every target; one whose trained model depends on the target (Cuttlefish) trains
+    # once per target, and the trial's curves are those of its first training.
+    trainings: dict[str, tuple] = {}
+    metrics: dict[str, float] = {}
     finetuned = {}
     for cfg in configs:
+        group = training_group(cfg)
+        if group not in trainings:
+            first_training = not trainings
+            trained = obtain_trained(cfg, method, data, device, *((log, log_history) if first_training
+                                                                  else (silent, silent)))
+            if first_training:
+                metrics[schema.VAL_ACC_TRAINED] = trained.meta["acc_trained"]
+            if not method.compresses:
+                return {**metrics, schema.OBJECTIVE: metrics[schema.VAL_ACC_TRAINED]}
+            base = method.uncompressed(cfg, trained.model)
+            trainings[group] = (trained, base, model_size(base, data, device))
+        trained, base, reference = trainings[group]
         # Two trials that sampled the same values (choices only) share these checkpoints: one at a time.
         with claims.claimed(f"trial-{run_key(cfg, data.fingerprint)}", wait=True):
             model, _, acc_compressed = compress_and_finetune(cfg, method, data, base, device,
-                                                             lambda m, step: None, reference)
+                                                             silent, reference, trained.model)
             shutil.rmtree(finetune_dir(cfg, data.fingerprint), ignore_errors=True)
         acc = evaluate(model, data.test_x, data.test_y, data)  # the view's test split: validation data
         finetuned[cfg.target_metric, cfg.target] = acc
