@@ -94,7 +94,7 @@ def test_scaled_ranks_are_proportional_capped_and_meet_the_target():
 
 
 def test_settled_needs_window_epochs_of_small_changes_and_stays_settled():
-    assert not settled([50, 40, 40], 3, 0.1)  # too few epochs
+    assert not settled([], 3, 0.1) and not settled([50, 40, 40], 3, 0.1)  # too few epochs
     assert not settled([50.0 - i for i in range(10)], 3, 0.1)  # falls one rank every epoch
     assert settled([20.0] * 5, 3, 0.1)
     assert settled([20.0, 20.0, 20.0, 20.0, 10.0], 3, 0.1)  # settled once, settled since
@@ -224,10 +224,11 @@ def _without_times(history):
     return [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in history]
 
 
-def test_training_switches_rebuilds_the_optimizer_and_keeps_the_schedule(digits):
-    model, switch = _model_and_switch(warmup=1)
+@pytest.mark.parametrize(("warmup", "switched"), [(1, 1), ("auto", 2)])  # auto: 3 epochs cannot settle; at the cap
+def test_training_switches_rebuilds_the_optimizer_and_keeps_the_schedule(digits, warmup, switched):
+    model, switch = _model_and_switch(warmup=warmup)
     history = train(model, digits, PHASE, seed=0, switch=switch)
-    assert switch.made["epoch"] == 1 and switch.made["ranks"]
+    assert switch.made["epoch"] == switched and switch.made["ranks"]
     assert all(isinstance(model.get_submodule(name), COMPOSED) for name in switch.made["ranks"])
     assert all(f"stable_rank/{name}" in h for h in history for name in ("1", "4"))
     # Cosine over 3 epochs: the rate after the switch continues the one schedule (the lr each epoch trained at).

@@ -91,6 +91,8 @@ def settled(series: list[float], window: int, threshold: float) -> bool:
     As the authors: the integer stable rank, smoothed by an exponential moving average (span `window`); settled once
     its mean absolute change per epoch over `window` epochs has come down to `threshold` (and settled stays so).
     """
+    if len(series) <= window:  # fewer than `window` changes seen
+        return False
     ranks = [float(whole(value)) for value in series]
     alpha = 2 / (window + 1)
     smooth = [ranks[0]]
