@@ -1,4 +1,5 @@
-"""`lorita-bench`: run one benchmark or a grid, reproduce the paper, list methods, open the MLflow UI."""
+"""`lorita-bench`: run one benchmark or a grid, reproduce the paper, import the authors' checkpoints, list methods,
+open the MLflow UI."""
 
 from __future__ import annotations
 
@@ -54,6 +55,60 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", default=None,
                    help="if another process is running this config on the store, wait for it (default: exit 3)")
     return p
+
+
+def _import_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("import-authors", help="load a checkpoint the LoRITa authors released, compress it per rank "
+                       "policy and target, fine-tune, record (a report block of its own)",
+                       description="Loads a checkpoint of XitongSystem/LoRITa (weights_only) exactly into the "
+                                   "suite's composed network and records a LoRITa run per rank policy and target on "
+                                   "it; nothing is trained. Flags override --config, --set overrides both.")
+    p.add_argument("checkpoint", help="the .pt file, e.g. Compress_Code/base/cifar10/resnet20/...factor2.pt")
+    p.add_argument("--model", required=True, help="resnet20 or vgg16 (the authors' architecture of the file)")
+    p.add_argument("--factors", type=int, required=True, help="the file's N (factor2.pt: 2)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-flops-drop", type=float, nargs="+", metavar="T", dest="flops_targets",
+                        help="a run per FLOPs drop T (and rank policy)")
+    target.add_argument("--target-params-drop", type=float, nargs="+", metavar="T", dest="params_targets",
+                        help="a run per parameter drop T (and rank policy)")
+    p.add_argument("--rank-policies", metavar="P,Q",
+                   help="LoRITa's rank_policy values to run, comma-separated (default every one: threshold,greedy)")
+    p.add_argument("--config", help="YAML file of run settings (its budget's fine-tuning fields apply)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--experiment", help="MLflow experiment name (default lorita-bench)")
+    p.add_argument("--dataset", help="the data the checkpoint was trained on: cifar10, cifar100, imagefolder:<path>")
+    p.add_argument("--data-root", help="where torchvision datasets live")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after compression (0: none)")
+    p.add_argument("--seed", type=int, help="seed of the fine-tuning")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--cache-dir", help=f"where the imported model is cached (default {DEFAULT_CACHE_DIR})")
+    p.add_argument("--force", action="store_true", help="run again even if a config already FINISHED")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--wait", action="store_true", default=None,
+                   help="if another process is running one of these configs on the store, wait for it")
+    return p
+
+
+def _import_authors(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from benchmarks.authors.block import import_authors
+    from benchmarks.methods import get_method
+    from benchmarks.sweeps.schedule import EXIT_INCOMPLETE
+    from benchmarks.tracking import schema
+
+    metric, targets = (("flops_drop", args.flops_targets) if args.flops_targets is not None
+                       else ("params_drop", args.params_targets))
+    base = config_from_args(args, {"target_metric": metric})
+    policies = None if args.rank_policies is None else [p.strip() for p in args.rank_policies.split(",") if p.strip()]
+    results = import_authors(base, Path(args.checkpoint), targets, policies, force=args.force,
+                             latency=not args.no_latency)
+    for result in results:
+        cfg = result.config
+        label = get_method(cfg.method).display_label(cfg.factors, cfg.method_options, cfg.exclude)
+        print(f"\n{label} on the imported {cfg.model}/{cfg.dataset}, {metric} target {cfg.target:g}:")
+        print(_summary(result))
+    return EXIT_INCOMPLETE if any(result.status == schema.STATUS_HELD for result in results) else 0
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -212,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--address", help="with --executor ray: the Ray cluster to join (default: RAY_ADDRESS, else "
                                        "a local instance)")
     rep.set_defaults(handler=_reproduce)
+    _import_parser(sub).set_defaults(handler=_import_authors)
     sub.add_parser("methods", help="list the registered methods").set_defaults(handler=_methods)
     sub.add_parser("sync", help="send the records kept while the tracking server was unreachable",
                    description=f"Runs keep what they measure in the outbox ({DEFAULT_CACHE_DIR}/outbox, or "
@@ -228,13 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace):
-    """The validated RunConfig that the flags, --config and --set describe."""
+def config_from_args(args: argparse.Namespace, fixed: dict | None = None):
+    """The validated RunConfig that the flags, --config and --set describe (`fixed`: what the command sets)."""
     data = load_yaml(args.config) if args.config else {}
-    overrides = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items() if getattr(args, dest) is not None}
-    if args.target_flops_drop is not None:
+    # A command without a flag (import-authors has no --method) leaves its key to the config.
+    overrides = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items() if getattr(args, dest, None) is not None}
+    overrides.update(fixed or {})
+    if getattr(args, "target_flops_drop", None) is not None:
         overrides.update(target_metric="flops_drop", target=args.target_flops_drop)
-    if args.target_params_drop is not None:
+    if getattr(args, "target_params_drop", None) is not None:
         overrides.update(target_metric="params_drop", target=args.target_params_drop)
     overrides.update(parse_assignment(text) for text in args.set)
     return make_config(apply_overrides(data, overrides))
@@ -243,8 +301,8 @@ def config_from_args(args: argparse.Namespace):
 def _summary(result) -> str:
     from benchmarks.tracking import schema
 
-    rows = [("run", result.run_id or "-"), ("status", result.status),
-            ("trained model", "reused from cache" if result.cache_hit else "trained now")]
+    trained = "imported" if result.config.trained_from else "reused from cache" if result.cache_hit else "trained now"
+    rows = [("run", result.run_id or "-"), ("status", result.status), ("trained model", trained)]
     m = result.metrics
     for name, fmt in [(schema.ACC_TRAINED, "{:.4f}"), (schema.ACC_COMPRESSED, "{:.4f}"),
                       (schema.ACC_FINETUNED, "{:.4f}"), (schema.FLOPS_BASE, "{:,.0f}"), (schema.FLOPS, "{:,.0f}"),

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,8 @@ MAX_LR = 100.0
 MAX_SEED = 2**63 - 1
 # MLflow refuses longer experiment and run names.
 MAX_NAME = 500
+# A file's SHA-256 as hashlib.hexdigest() writes it.
+SHA256 = re.compile(r"[0-9a-f]{64}")
 # Where a sweep's runs execute: processes on this machine, or Ray tasks (the ray extra).
 EXECUTORS = ("local", "ray")
 
@@ -151,6 +154,11 @@ class RunConfig:
     # The tuning block (benchmarks.tuning.space.Tuning.identity()) that selected this run's values; None: untuned.
     tuning: dict | None = _spec(None, "a tuning block's identity mapping", lambda v: v is None or isinstance(v, dict),
                                 added=True)
+    # The SHA-256 of the checkpoint file its trained model was imported from (lorita-bench import-authors): the run
+    # compresses and fine-tunes those weights and trains nothing; None: the pipeline trains it under the budget.
+    trained_from: str | None = _spec(None, "the SHA-256 of a checkpoint file (64 lowercase hex digits)",
+                                     lambda v: v is None or (isinstance(v, str) and SHA256.fullmatch(v) is not None),
+                                     added=True)
     budget: Budget = field(default_factory=Budget)
 
     def config_hash(self) -> str:

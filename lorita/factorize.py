@@ -30,8 +30,16 @@ def _truncate_(layer: nn.Linear | nn.Conv2d, rank: int) -> None:
         layer.weight.copy_((left @ right).reshape(layer.weight.shape))
 
 
+class Factorized(nn.Sequential):
+    """The two thin layers factorize writes in place of one (first: in -> rank, no bias; second: rank -> out).
+
+    A type of its own so that unfactorize finds exactly these pairs, never a Sequential the model had already; its
+    parameters are named as a Sequential's ("0.weight", "1.weight", "1.bias").
+    """
+
+
 @torch.no_grad()
-def _two_layers(layer: nn.Linear | nn.Conv2d, rank: int) -> nn.Sequential:
+def _two_layers(layer: nn.Linear | nn.Conv2d, rank: int) -> Factorized:
     kw = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     has_bias = layer.bias is not None
     if isinstance(layer, nn.Linear):
@@ -48,7 +56,7 @@ def _two_layers(layer: nn.Linear | nn.Conv2d, rank: int) -> nn.Sequential:
         second.bias = layer.bias  # the copied model's own bias Parameter, requires_grad included
     for factor in (first.weight, second.weight):
         factor.requires_grad_(layer.weight.requires_grad)
-    pair = nn.Sequential(first, second)
+    pair = Factorized(first, second)
     pair.train(layer.training)
     return pair
 
@@ -72,9 +80,10 @@ def _compressed(model: nn.Module, ranks: Mapping[str, int], split: bool) -> nn.M
 def factorize(model: nn.Module, ranks: Mapping[str, int]) -> nn.Module:
     """A copy of `model` with each layer in `ranks` at its best rank-r approximation, as two layers if cheaper.
 
-    Linear -> Sequential(Linear(in->r, no bias), Linear(r->out, bias)); Conv2d -> Sequential(k x k Conv2d(in->r)
-    with the original stride/padding/dilation, 1x1 Conv2d(r->out, bias)). A layer where r*(out + in*k*k) is not
-    below out*in*k*k stays one layer with its weight truncated to rank r. Layers not in `ranks` are untouched.
+    Linear -> Factorized(Linear(in->r, no bias), Linear(r->out, bias)), a Sequential; Conv2d -> Factorized(k x k
+    Conv2d(in->r) with the original stride/padding/dilation, 1x1 Conv2d(r->out, bias)). A layer where
+    r*(out + in*k*k) is not below out*in*k*k stays one layer with its weight truncated to rank r. Layers not in
+    `ranks` are untouched.
     """
     return _compressed(model, ranks, split=True)
 
@@ -82,3 +91,41 @@ def factorize(model: nn.Module, ranks: Mapping[str, int]) -> nn.Module:
 def truncate(model: nn.Module, ranks: Mapping[str, int]) -> nn.Module:
     """A copy of `model` with each layer in `ranks` replaced in place by its best rank-r approximation."""
     return _compressed(model, ranks, split=False)
+
+
+@torch.no_grad()
+def _merged(pair: Factorized) -> nn.Linear | nn.Conv2d:
+    first, second = pair
+    kw = {"device": second.weight.device, "dtype": second.weight.dtype}
+    has_bias = second.bias is not None
+    if isinstance(first, nn.Linear):
+        layer = nn.Linear(first.in_features, second.out_features, bias=has_bias, **kw)
+    else:
+        layer = nn.Conv2d(first.in_channels, second.out_channels, first.kernel_size, first.stride, first.padding,
+                          first.dilation, bias=has_bias, padding_mode=first.padding_mode, **kw)
+    # The 1x1 second factor folds into the first's output channels; formed in float64 as collapse forms products.
+    product = second.weight.flatten(1).double() @ first.weight.flatten(1).double()
+    layer.weight.copy_(product.reshape(layer.weight.shape))
+    if has_bias:
+        layer.bias.copy_(second.bias)
+    layer.requires_grad_(second.weight.requires_grad)
+    layer.train(pair.training)
+    return layer
+
+
+def unfactorize(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every pair factorize wrote multiplied back into one layer of the original shape.
+
+    The merged weight is the pair's product (its rank at most the pair's width); other layers are untouched, so
+    factorize(m, ranks) comes back with m's structure and, until its factors are trained, truncate(m, ranks)'s
+    weights up to rounding. How a second round of compression plans again on a fine-tuned factorized model.
+    """
+    result = copy.deepcopy(model)
+    # Deepest first (named_modules lists a parent before its children): a pair whose factor was factorized again
+    # merges inside out, and the model itself, when it is a pair, last.
+    for name, module in reversed(list(result.named_modules())):
+        if isinstance(module, Factorized):
+            if not name:
+                return _merged(module)
+            result.set_submodule(name, _merged(module))
+    return result

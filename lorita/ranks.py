@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lorita._validate import lowrank_layers, require_collapsed
 from lorita.compose import check_patterns, matches_any
 from lorita.costs import LayerCost, profile
+from lorita.greedy import Batch, LossFn, greedy_ranks
 from lorita.spectra import spectra, weight_matrix
 
 POLICIES = ("uniform", "global", "energy", "flops_drop", "params_drop")
+# How flops_drop / params_drop find their plan: one threshold on normalized singular values, or the authors' greedy
+# layer-by-layer cuts scored by a loss on training batches (lorita.greedy).
+SEARCHES = ("threshold", "greedy")
 # |achieved drop - target| allowed for flops_drop / params_drop, as fvcore counts it.
 DROP_TOLERANCE = 0.01
 # target * n lands a hair below an integer in floating point (0.29 * 100 = 28.999...); floor must not lose it.
@@ -115,7 +120,8 @@ def planned_layers(model: nn.Module, exclude: Sequence[str] | None = None) -> di
 
 
 def plan_ranks(model: nn.Module, policy: str, target: float, *, example_input: torch.Tensor | None = None,
-               exclude: Sequence[str] | None = None) -> dict[str, int]:
+               exclude: Sequence[str] | None = None, search: str = "threshold", batches: Iterable[Batch] | None = None,
+               loss_fn: LossFn | None = None) -> dict[str, int]:
     """Rank to keep for every Linear/Conv2d (groups=1) of a collapsed `model` not matched by `exclude`.
 
     Policies (singular values from lorita.spectra, cached per model state):
@@ -128,21 +134,42 @@ def plan_ranks(model: nn.Module, policy: str, target: float, *, example_input: t
         factorize(model, ranks) has `target` fewer FLOPs (needs `example_input`) or parameters than `model`,
         within 0.01 as count_flops_params counts them; target in (0, 1). Candidates are priced analytically
         (lorita.costs) from one fvcore count and one forward pass, both cached with the singular values.
+    `search` (flops_drop / params_drop only): "threshold", the one threshold above; or "greedy", the LoRITa authors'
+      search (lorita.greedy): from full ranks, each round every layer is cut on its own by 1/8 of the ranks it keeps
+      and the cut with the lowest mean `loss_fn(model(x), y)` over `batches` is kept, until the same target is met
+      within 0.01. It runs a copy of `model` (eval mode, no grad) once per batch per layer per round: pass training
+      batches, never test data. `loss_fn` defaults to cross-entropy (the authors' score); "threshold" ignores both.
     `exclude` takes module-name glob patterns; matched layers stay whole and are left out of the plan.
     """
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {', '.join(SEARCHES)}; got {search!r}")
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
     _check_target(policy, target)
+    greedy = search == "greedy"
+    if greedy and policy not in ("flops_drop", "params_drop"):
+        raise ValueError(f"search 'greedy' cuts until a drop target is met: it needs policy flops_drop or "
+                         f"params_drop; got {policy!r}")
     require_collapsed(model)
     if policy == "flops_drop" and example_input is None:
         raise ValueError("example_input is required for policy 'flops_drop' (a batch the model accepts); got None")
+    if greedy:
+        batches = list(batches or ())
+        if not batches:
+            raise ValueError("search 'greedy' needs batches: training (input, target) batches to score each cut on; "
+                             "got none")
     layers = planned_layers(model, exclude)
-    all_values = spectra(model)
-    values = {name: all_values[name].numpy() for name in layers}
-    if not values:  # everything excluded, or no Linear/Conv2d at all
+    if not layers:  # everything excluded, or no Linear/Conv2d at all
         if policy in ("flops_drop", "params_drop"):
             raise ValueError(f"target={target} for {policy} is unreachable: no layer is left to plan (see exclude)")
         return {}
+    if greedy:
+        costs, base, cost = _cost_facts(model, policy, example_input)
+        return greedy_ranks(model, {name: costs[name] for name in layers}, base, cost, target=target,
+                            tolerance=DROP_TOLERANCE, policy=policy, batches=batches,
+                            loss_fn=F.cross_entropy if loss_fn is None else loss_fn)
+    all_values = spectra(model)
+    values = {name: all_values[name].numpy() for name in layers}
     if policy == "uniform":
         return _uniform(values, target)
     if policy == "energy":

@@ -151,6 +151,33 @@ def _trained_model_blocks(runs: pd.DataFrame, name: str, stem: str, out: _Output
     return blocks
 
 
+def _imported_blocks(imported: pd.DataFrame, out: _Output) -> list[Block]:
+    """The runs on imported checkpoints (lorita-bench import-authors), a section per checkpoint and budget."""
+    if imported.empty:
+        return []
+    blocks: list[Block] = [Heading(2, "Authors' released checkpoints"), Paragraph(
+        "Trained models imported, not trained here: checkpoints the LoRITa authors released, loaded exactly into "
+        "the suite's composed networks (lorita-bench import-authors), compressed by the suite's rank planning (a "
+        "label per rank policy) and fine-tuned for the budget's fine-tuning epochs. Their training followed the "
+        "authors' recipe, not a budget of this suite, so no comparison above holds them.")]
+    for _, runs in imported.groupby(collect.IMPORTED_GROUP, sort=True):
+        first = runs.iloc[0]
+        checkpoint = first["trained_from"][:12]
+        name = (f"{first['model_label']} N={first['factors']} on {first['dataset']}, checkpoint {checkpoint}, "
+                f"budget {first['budget_hash']}")
+        stem = f"imported__{slug(first['model_label'])}__{slug(first['dataset'])}__{checkpoint}__{first['budget_hash']}"
+        seeds = _seeds(runs)
+        grid = tables.imported_grid(runs, f"{name}: test accuracy of the imported model, after compression and after "
+                                          f"fine-tuning, and the achieved drops; mean ± sample std over seeds {seeds}.")
+        blocks += [Heading(3, name), Paragraph(
+            f"{len(runs)} finished runs of checkpoint SHA-256 {first['trained_from']}, seeds {seeds}, "
+            f"{first['budget.finetune_epochs']} fine-tuning epochs."), out.figure(
+            figures.imported_figure(runs, f"{name}\naccuracy vs achieved FLOPs drop"), stem,
+            f"{name}: test accuracy vs achieved FLOPs drop before (dashed) and after (solid) fine-tuning, mean ± std "
+            f"over seeds {seeds}; dotted line: the imported model."), Table(grid), out.table(grid, stem)]
+    return blocks
+
+
 def _ablation_blocks(done: pd.DataFrame, out: _Output) -> list[Block]:
     blocks: list[Block] = []
     for runs in collect.weight_decay_ablations(done):
@@ -269,14 +296,17 @@ def build_report(out_dir: str | Path, *, experiment: str | None = None, model: s
     out = _Output(folder / "figures", folder / "tables")
     out.figure_dir.mkdir(parents=True, exist_ok=True)
     out.table_dir.mkdir(parents=True, exist_ok=True)
-    groups = [part for _, part in done.groupby(collect.GROUP, sort=True)]
+    imported = done[done["trained_from"].notna()]
+    trained = done[done["trained_from"].isna()]
+    groups = [part for _, part in trained.groupby(collect.GROUP, sort=True)]
     running = int((runs["status"] == schema.STATUS_RUNNING).sum())
     notes = [
         "Every number is the mean ± sample standard deviation over seeds of values recorded in the tracking "
         "store; nothing is retrained or recomputed from models.",
         "Accuracy is the top-1 test accuracy of the final-epoch model; FLOPs are fvcore multiply-adds at batch 1; "
         "drops are the achieved (measured) ones, not the targets.",
-        "Runs are compared only within one model, dataset and budget hash.",
+        "Runs are compared only within one model, dataset and budget hash; runs on imported checkpoints only "
+        "among themselves.",
     ]
     if superseded:
         notes.append(f"{superseded} older runs repeating a newer run's measurement (same method, target and "
@@ -292,7 +322,8 @@ def build_report(out_dir: str | Path, *, experiment: str | None = None, model: s
     ]
     for part in groups:
         blocks += _group_blocks(part, out)
-    blocks += _ablation_blocks(done, out) + _tuning_blocks(tuning.load_tuning(experiment, model, dataset), out)
+    blocks += _imported_blocks(imported, out)
+    blocks += _ablation_blocks(trained, out) + _tuning_blocks(tuning.load_tuning(experiment, model, dataset), out)
     blocks += _failure_blocks(failed) + _missing_blocks(out.missing)
     summary = ReportSummary(folder / "report.md", folder / "report.html", out.figures, out.tables, len(done),
                             len(failed), out.missing)

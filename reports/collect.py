@@ -20,8 +20,10 @@ RESULT_METRICS = (schema.ACC_TRAINED, schema.ACC_COMPRESSED, schema.ACC_FINETUNE
 ENV_TAGS = (schema.TAG_TORCH_VERSION, schema.TAG_GIT_COMMIT, schema.TAG_CPU_MODEL, schema.TAG_GPU_NAME)
 # Runs that may share one table and one figure: same network, data and budget.
 GROUP = ["model_label", "dataset", "budget_hash"]
+# Runs on one imported checkpoint (lorita-bench import-authors): a section of their own, never a comparison's rows.
+IMPORTED_GROUP = [*GROUP, "trained_from"]
 # What makes two finished runs the same measurement (a rerun or the same config in another experiment).
-MEASUREMENT = [*GROUP, "label", "target_metric", "target", "seed"]
+MEASUREMENT = [*IMPORTED_GROUP, "label", "target_metric", "target", "seed"]
 NOT_FINISHED = (schema.STATUS_FAILED, schema.STATUS_KILLED)
 # Where a method no longer registered (a store written by another version) comes in report order: last.
 _UNKNOWN_RANK = 99
@@ -77,6 +79,8 @@ def tidy_row(row: dict[str, Any]) -> dict[str, Any]:
     method = row[f"tags.{schema.TAG_METHOD}"]
     factors = int(_parse(row.get("params.factors")) or 1)
     target = _parse(row.get("params.target"))
+    # The imported checkpoint's SHA-256; absent (NaN in a frame of other runs' tags) for a model trained here.
+    trained_from = row.get(f"tags.{schema.TAG_TRAINED_FROM}")
     out = {
         "run_id": row["run_id"], "run_name": row.get(f"tags.{schema.TAG_RUN_NAME}"),
         "experiment": row.get("params.experiment"), "status": row["status"], "start_time": row["start_time"],
@@ -89,6 +93,7 @@ def tidy_row(row: dict[str, Any]) -> dict[str, Any]:
         "target": float(target) if target is not None else np.nan,
         "seed": int(_parse(row.get("params.seed")) or 0),
         "tuned": row.get(f"tags.{schema.TAG_TUNED}") == "true",
+        "trained_from": trained_from if isinstance(trained_from, str) else None,
     }
     out.update({name: row.get(f"metrics.{name}", np.nan) for name in RESULT_METRICS})
     out.update({name: row.get(f"tags.{name}") for name in ENV_TAGS})

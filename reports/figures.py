@@ -118,6 +118,27 @@ def tradeoff_figure(runs: pd.DataFrame, drop: str, title: str) -> Figure:
     return fig
 
 
+def imported_figure(runs: pd.DataFrame, title: str) -> Figure:
+    """Accuracy vs achieved FLOPs drop of the runs on one imported checkpoint: a color per method label (rank
+    policy), dashed with hollow markers before fine-tuning, solid after; dotted: the imported model itself."""
+    accs = (schema.ACC_COMPRESSED, schema.ACC_FINETUNED)
+    stats = collect.seed_stats(runs, ["label", "target_metric", "target"], [schema.FLOPS_DROP, *accs])
+    colors, markers = _styles(runs)
+    fig = _figure(8.0, 4.4)
+    ax = fig.add_subplot()
+    for label in collect.ordered_labels(runs):
+        line = stats[stats["label"] == label].sort_values(f"{schema.FLOPS_DROP}_mean")
+        for acc, style, stage in zip(accs, ("--", "-"), ("before fine-tuning", "after fine-tuning"), strict=True):
+            ax.errorbar(_pct(line[f"{schema.FLOPS_DROP}_mean"]), _pct(line[f"{acc}_mean"]),
+                        xerr=_pct(line[f"{schema.FLOPS_DROP}_std"]), yerr=_pct(line[f"{acc}_std"]), color=colors[label],
+                        ls=style, marker=markers[label], mfc="none" if style == "--" else colors[label], ms=5,
+                        capsize=3, label=f"{label}, {stage}")
+    acc = runs[schema.ACC_TRAINED]
+    ax.axhline(100 * acc.mean(), color="black", ls=":", lw=1.2, label=f"imported model ({100 * acc.mean():.1f} %)")
+    _finish(ax, "achieved FLOPs drop (%)", "test accuracy (%)", title)
+    return fig
+
+
 def _log_x(ax: Axes, values: pd.Series) -> None:
     positive = values[values > 0]
     # Weight decay 0 has no place on a log axis: linear near zero, log beyond the smallest value used.

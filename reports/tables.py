@@ -100,6 +100,27 @@ def result_grid(runs: pd.DataFrame, caption: str) -> Grid:
     return grid
 
 
+# (metric, header) of an imported checkpoint's table: its own accuracy, then before and after fine-tuning.
+IMPORTED_COLUMNS = ((schema.ACC_TRAINED, "Imported acc. (%)"), (schema.ACC_COMPRESSED, "Compressed acc. (%)"),
+                    (schema.ACC_FINETUNED, "Fine-tuned acc. (%)"), (schema.FLOPS_DROP, "FLOPs drop (%)"),
+                    (schema.PARAMS_DROP, "Params drop (%)"))
+
+
+def imported_grid(runs: pd.DataFrame, caption: str) -> Grid:
+    """The runs on one imported checkpoint: a block per target, a row per method label (rank policy), mean ± std
+    over seeds of the accuracy before and after fine-tuning and of the achieved drops."""
+    values = [name for name, _ in IMPORTED_COLUMNS]
+    stats = collect.seed_stats(runs, ["target_metric", "target", "label"], values)
+    stats["order"] = stats["label"].map(collect.label_order(runs))
+    grid = Grid(caption, ["Method", *(header for _, header in IMPORTED_COLUMNS)])
+    for (metric, target), block in stats.sort_values(["target_metric", "target", "order"]).groupby(
+            ["target_metric", "target"], sort=False):
+        rows: list[list[Cell]] = [[row["label"], *(Stat(100 * row[f"{name}_mean"], 100 * row[f"{name}_std"])
+                                                   for name in values)] for _, row in block.iterrows()]
+        grid.sections.append(Section(target_title(metric, target), rows))
+    return grid
+
+
 def budget_grid(runs: pd.DataFrame, caption: str) -> Grid:
     """Every Budget field of the one budget behind a comparison's rows."""
     collect.check_one_comparison(runs)

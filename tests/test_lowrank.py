@@ -12,7 +12,7 @@ from torch import nn
 from lorita.compose import overparameterize
 from lorita.costs import plan_cost
 from lorita.counting import count_flops_params
-from lorita.factorize import factorize, truncate
+from lorita.factorize import Factorized, factorize, truncate
 from lorita.ranks import POLICIES, plan_ranks
 from lorita.spectra import spectra
 
@@ -131,7 +131,7 @@ def test_analytic_cost_equals_fvcore_on_the_factorized_model(family):
         factorized = factorize(model, ranks)
         kinds |= {type(factorized.get_submodule(name)) for name in ranks}
         assert plan_cost(model, ranks, x) == count_flops_params(factorized, x)
-    assert nn.Sequential in kinds and kinds - {nn.Sequential}  # both the two-layer and the one-layer form priced
+    assert Factorized in kinds and kinds - {Factorized}  # both the two-layer and the one-layer form priced
 
 
 # ---------------------------------------------------------------- flops_drop / params_drop
@@ -248,7 +248,7 @@ def test_factorize_computes_what_truncate_computes_and_trains():
     assert all(p.grad is not None for p in factorized.parameters())
 
 
-@pytest.mark.parametrize(("rank", "kind"), [(1, nn.Sequential), (2, nn.Linear)])
+@pytest.mark.parametrize(("rank", "kind"), [(1, Factorized), (2, nn.Linear)])
 def test_two_layers_only_when_strictly_cheaper(rank, kind):
     # Linear 4->4: two layers cost rank*(4+4); at rank 2 that equals the dense 16, so it stays one layer.
     assert type(factorize(_single_linear(), {"0": rank})[0]) is kind

@@ -216,7 +216,8 @@ def test_frob_decay_starts_from_the_dense_init_and_lorita_takes_the_same_init_op
     assert get_method("lorita").family(_cfg("lorita")) == {"family": "lorita", "factors": 3}
     with pytest.raises(ConfigError, match="method_options.init must be one of default, spectral; got 'svd'"):
         _cfg("lorita", init="svd")
-    with pytest.raises(ConfigError, match="unknown key 'method_options.scope' for lorita; allowed: init"):
+    with pytest.raises(ConfigError,
+                       match="unknown key 'method_options.scope' for lorita; allowed: init, rank_policy, steps"):
         _cfg("lorita", scope="global")
     with pytest.raises(ValueError, match="init must be one of default, spectral"):
         lorita.overparameterize(model, 2, init="orthogonal")

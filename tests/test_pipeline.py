@@ -112,7 +112,7 @@ def test_unreachable_target_is_recorded_failed(store):
         ("l1", {"sigma": 1}, "unknown key 'method_options.sigma' for l1; allowed: scope, steps, max_ratio"),
         ("l1", {"reg": 1e-4}, "unknown key 'method_options.reg' for l1"),
         ("l1", {"steps": 0}, "method_options.steps must be an integer >= 1"),
-        ("svd", {"scope": "global"}, "svd takes no method options"),
+        ("svd", {"scope": "global"}, "unknown key 'method_options.scope' for svd; allowed: rank_policy, steps"),
     ],
 )
 def test_bad_method_options_are_refused_before_training(store, method, options, message):

@@ -12,17 +12,32 @@ from torch import nn
 
 import lorita
 from benchmarks.config import RunConfig
-from benchmarks.methods.registry import Method, Option, register
+from benchmarks.methods.registry import STEPS, Method, Option, register, steps_option
 from benchmarks.methods.structure import LOWRANK, exclude_patterns
 from lorita.compose import INITS
+from lorita.ranks import SEARCHES
+
+# How the ranks are planned after training (lorita.plan_ranks' search): one threshold on normalized singular values,
+# or the authors' greedy cuts scored on training batches. It changes no trained model, so no method's family holds it.
+RANK_POLICY_DEFAULT = "threshold"
+RANK_POLICY = Option(f"one of {', '.join(SEARCHES)}", lambda v: v in SEARCHES)
+# The options of every method that plans ranks after training, as compress_lowrank reads them.
+PLAN_OPTIONS = {"rank_policy": RANK_POLICY, "steps": STEPS}
 
 
 def compress_lowrank(cfg: RunConfig, model: nn.Module, *, target: float, reference: tuple[int, int],
                      example: torch.Tensor, train_batches: Iterable, trained: nn.Module) -> tuple[nn.Module, dict]:
-    """SVD-truncate each layer to the ranks that meet the target (lorita.plan_ranks), as two thin layers."""
-    ranks = lorita.plan_ranks(model, cfg.target_metric, target, example_input=example,
-                              exclude=exclude_patterns(cfg, model))
-    return lorita.factorize(model, ranks), {"kind": LOWRANK, "ranks": ranks}
+    """SVD-truncate each layer to the ranks that meet the target (lorita.plan_ranks), as two thin layers.
+
+    `rank_policy` is plan_ranks' search; greedy scores its cuts on `train_batches` (cross-entropy). In round i > 1 of
+    `steps`, `model` is round i - 1's fine-tuned factorized model: lorita.unfactorize multiplies its pairs back, which
+    restores the uncompressed structure and so its cost, `reference`; the plan's drop is measured against it.
+    """
+    plain = lorita.unfactorize(model)
+    ranks = lorita.plan_ranks(plain, cfg.target_metric, target, example_input=example,
+                              exclude=exclude_patterns(cfg, plain),
+                              search=cfg.method_options.get("rank_policy", RANK_POLICY_DEFAULT), batches=train_batches)
+    return lorita.factorize(plain, ranks), {"kind": LOWRANK, "ranks": ranks}
 
 
 # How composed factors start (lorita.overparameterize's init): PyTorch's default each, or spectral (Khodak+ 2021).
@@ -59,10 +74,11 @@ LORITA = register(Method(
     report_rank=1,
     composes=True,
     default_factors=3,
-    options={"init": INIT},
+    options={"init": INIT, **PLAN_OPTIONS},
     family=_lorita_family,
     build_for_training=_composed,
     uncompressed=collapsed,
+    steps=steps_option,
     compress=compress_lowrank,
 ))
 
@@ -73,5 +89,7 @@ SVD = register(Method(
     label="SVD",
     compresses=True,
     report_rank=2,
+    options=PLAN_OPTIONS,
+    steps=steps_option,
     compress=compress_lowrank,
 ))

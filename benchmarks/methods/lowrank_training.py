@@ -15,8 +15,8 @@ from torch import nn
 
 import lorita
 from benchmarks.config import Budget, RunConfig
-from benchmarks.methods.lowrank import INIT, collapsed, compress_lowrank
-from benchmarks.methods.registry import Method, Option, SearchRange, StepHook, register
+from benchmarks.methods.lowrank import INIT, PLAN_OPTIONS, collapsed, compress_lowrank
+from benchmarks.methods.registry import Method, Option, SearchRange, StepHook, register, steps_option
 from benchmarks.methods.structure import exclude_patterns
 from lorita.compose import COMPOSED
 from lorita.linalg import reduced_svd
@@ -85,9 +85,11 @@ NUCLEAR = register(Method(
     report_rank=2,
     plain_training=False,
     options={"reg": Option("a number > 0", lambda v: _real(v) and v > 0,
-                           search=SearchRange(NUCLEAR_REG / _DECADES, NUCLEAR_REG * _DECADES, log=True))},
+                           search=SearchRange(NUCLEAR_REG / _DECADES, NUCLEAR_REG * _DECADES, log=True)),
+             **PLAN_OPTIONS},
     family=_nuclear_family,
     training_hook=_nuclear_hook,
+    steps=steps_option,
     compress=compress_lowrank,
 ))
 
@@ -159,11 +161,13 @@ FROB_DECAY = register(Method(
     plain_training=False,
     options={"init": INIT,
              "decay": Option("a number >= 0", lambda v: _real(v) and v >= 0,
-                             search=SearchRange(_BUDGET_DECAY / _DECADES, _BUDGET_DECAY * _DECADES, log=True))},
+                             search=SearchRange(_BUDGET_DECAY / _DECADES, _BUDGET_DECAY * _DECADES, log=True)),
+             **PLAN_OPTIONS},
     family=_frob_family,
     build_for_training=_factorized,
     training_hook=_frobenius_hook,
     no_decay=_factor_weights,
     uncompressed=collapsed,
+    steps=steps_option,
     compress=compress_lowrank,
 ))

@@ -9,12 +9,17 @@ from torch import nn
 
 import baselines
 from benchmarks.config import RunConfig
-from benchmarks.methods.registry import Method, Option, SearchRange, StepHook, register
+from benchmarks.methods.registry import (
+    STEPS,
+    Method,
+    Option,
+    SearchRange,
+    StepHook,
+    positive_int,
+    register,
+    steps_option,
+)
 from benchmarks.methods.structure import PRUNED
-
-
-def _positive_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 def _real_in(low: float, high: float):
@@ -24,20 +29,16 @@ def _real_in(low: float, high: float):
 # Options every criterion accepts; steps and reg shape the harness's schedule and training, the rest go to prune.
 _OPTIONS = {
     "scope": Option("one of global, uniform", lambda v: v in ("global", "uniform")),
-    "steps": Option("an integer >= 1", _positive_int),
+    "steps": STEPS,
     "max_ratio": Option("a number in (0, 1]", _real_in(0.0, 1.0)),
     "prune_heads": Option("true or false", lambda v: isinstance(v, bool)),
-    "grad_batches": Option("an integer >= 1", _positive_int),
+    "grad_batches": Option("an integer >= 1", positive_int),
 }
 # A regularizer's strength is tuned like a learning rate, as its design has it: a decade either side of the
 # criterion's default.
 _REG_DECADES = 10.0
 # Harness-side options, not passed to baselines.prune.
 _HARNESS_OPTIONS = ("steps", "reg")
-
-
-def _steps(cfg: RunConfig) -> int:
-    return cfg.method_options.get("steps", 1)
 
 
 def _regularized_family(cfg: RunConfig) -> dict:
@@ -75,7 +76,7 @@ def _options(spec: baselines.MethodSpec) -> dict[str, Option]:
 def _method(spec: baselines.MethodSpec) -> Method:
     return Method(name=spec.name, description=spec.description, citation=spec.citation, label=spec.label,
                   compresses=True, report_rank=3, plain_training=not spec.regularized_training,
-                  options=_options(spec), steps=_steps, compress=_compress,
+                  options=_options(spec), steps=steps_option, compress=_compress,
                   **({"family": _regularized_family, "training_hook": _hook} if spec.regularized_training else {}))
 
 

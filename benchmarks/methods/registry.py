@@ -50,6 +50,21 @@ class Option:
         return self.search is not None
 
 
+def positive_int(v: object) -> bool:
+    """Whether `v` is an int >= 1 (a bool is not)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+# Progressive compression: k compress/fine-tune rounds inside the one fine-tune budget (Method.steps). The pipeline
+# compresses round i to target * i / k of the uncompressed model and gives each round its share of the epochs.
+STEPS = Option("an integer >= 1", positive_int)
+
+
+def steps_option(cfg: RunConfig) -> int:
+    """The rounds a method offering STEPS as `steps` makes: the option, absent 1."""
+    return cfg.method_options.get("steps", 1)
+
+
 @dataclass
 class Switch:
     """A change of the model's structure between two epochs of training (Cuttlefish: full-rank layers to factors).

@@ -19,6 +19,7 @@ from benchmarks import checkpoints, tracking
 from benchmarks.config import RunConfig, config_to_dict, identity, stable_hash
 from benchmarks.data import Dataset, batches, load_dataset
 from benchmarks.methods import Method, exclude_patterns, get_method, rebuild
+from benchmarks.methods.registry import Switch
 from benchmarks.methods.structure import DENSE, LOWRANK
 from benchmarks.models import create_model, imports_code
 from benchmarks.run import claims
@@ -29,7 +30,7 @@ from benchmarks.tracking import schema
 
 # Budget fields that only shape fine-tuning: the trained model does not depend on them.
 FINETUNE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_schedule")
-# Batches fed to data-driven pruning criteria (Taylor, Hessian).
+# Batches fed to data-driven pruning criteria (Taylor, Hessian) and to greedy rank search.
 CRITERION_BATCHES = 4
 
 
@@ -64,11 +65,16 @@ def _fresh_model(cfg: RunConfig, data: Dataset) -> nn.Module:
 
 
 def _training(cfg: RunConfig) -> dict:
+    family = get_method(cfg.method).family(cfg)
+    if cfg.trained_from is not None:
+        # Imported weights (lorita-bench import-authors): the checkpoint, not the budget or the seed, made them.
+        return {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "dataset": cfg.dataset, "mode": cfg.mode,
+                "trained_from": cfg.trained_from, **family}
     budget = {k: v for k, v in identity(cfg.budget).items() if k not in FINETUNE_FIELDS}
     # The split seed only where set: keys made before it existed stay valid.
     split = {} if cfg.split_seed is None else {"split_seed": cfg.split_seed}
     return {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "dataset": cfg.dataset, "budget": budget,
-            "seed": cfg.seed, "mode": cfg.mode, **split, **get_method(cfg.method).family(cfg)}
+            "seed": cfg.seed, "mode": cfg.mode, **split, **family}
 
 
 def training_group(cfg: RunConfig) -> str:
@@ -81,7 +87,12 @@ def trained_key(cfg: RunConfig, data_fingerprint: str) -> str:
     return stable_hash({**_training(cfg), "data": data_fingerprint})
 
 
-def _cached(folder: Path, model: nn.Module, switch) -> dict | None:
+def trained_dir(cfg: RunConfig, data_fingerprint: str) -> Path:
+    """Where the trained model of `cfg` on this data is cached (model.pt and meta.pt)."""
+    return Path(cfg.cache_dir) / "trained" / trained_key(cfg, data_fingerprint)
+
+
+def cached_trained(folder: Path, model: nn.Module, switch: Switch | None) -> dict | None:
     """The cached training's meta, with its weights loaded into `model` (its structure change applied first); None
     when absent or unusable."""
     meta_path, state_path = folder / "meta.pt", folder / "model.pt"
@@ -98,7 +109,7 @@ def _cached(folder: Path, model: nn.Module, switch) -> dict | None:
             switch.apply(shaped, {k: v for k, v in made.items() if k != "epoch"})
         checkpoints.load_state(state_path, shaped)
     except checkpoints.UnusableFile as err:
-        tqdm.write(f"cached model unusable: {err}; training again")
+        tqdm.write(f"cached model unusable: {err}; replacing it")
         return None
     if made is not None:
         switch.apply(model, {k: v for k, v in made.items() if k != "epoch"})
@@ -116,38 +127,50 @@ class Trained:
 def obtain_trained(cfg: RunConfig, method: Method, data: Dataset, device: torch.device, log,
                    log_history) -> Trained:
     """The trained model from the cache, or trained now (resumable) and cached for every later target."""
-    folder = Path(cfg.cache_dir) / "trained" / trained_key(cfg, data.fingerprint)
+    folder = trained_dir(cfg, data.fingerprint)
     folder.mkdir(parents=True, exist_ok=True)
     model = method.build_for_training(cfg, _fresh_model(cfg, data)).to(device)
     example = torch.zeros(2, *data.in_shape, device=device)
     switch = method.switch(cfg, model, example)
     # One process trains a given model; another asking for it waits, then reuses it.
     with FileLock(str(folder / ".lock")):
-        meta = _cached(folder, model, switch)
+        meta = cached_trained(folder, model, switch)
         if meta is not None:
             tqdm.write(f"reusing trained model {folder} (trained in {meta['train_time_s']:.1f} s)")
             log_history(meta["history"])
             return Trained(model.to(device), meta, cache_hit=True)
+        if cfg.trained_from is not None:  # imported weights are never trained here
+            raise ValueError(f"no imported model in {folder} for checkpoint {cfg.trained_from[:12]} (trained_from) on "
+                             "this data: run `lorita-bench import-authors CKPT` with this config's flags first")
         checkpoints.require_space(folder, model)
         hook = method.training_hook(cfg, model, example)
         history = train(model, data, _phase(cfg, data, finetune=False), seed=cfg.seed,
                         checkpoint=folder / "checkpoint.pt", log=log, after_backward=hook,
                         no_decay=method.no_decay(cfg, model), switch=switch, desc="train")
-        plain = method.uncompressed(cfg, model)
-        exclude = exclude_patterns(cfg, plain)
-        meta = {"history": history, "train_time_s": sum(h.pop("epoch_time_s") for h in history),
-                "acc_trained": evaluate(model, data.test_x, data.test_y, data),
-                "acc_at_keep": keep_curve(plain, lambda m: evaluate(m, data.test_x, data.test_y, data), exclude),
-                "spectra": {k: v.tolist() for k, v in lorita.spectra(plain).items()},
-                "switch": switch.made if switch is not None else None}
-        # The model before its meta: meta.pt present means the pair is complete.
-        checkpoints.save(folder / "model.pt", model.state_dict())
-        checkpoints.save(folder / "meta.pt", meta)
+        meta = cache_trained(folder, cfg, method, model, data, history, switch)
         checkpoints.remove(folder / "checkpoint.pt")
         return Trained(model, meta, cache_hit=False)
 
 
-def _criterion_batches(cfg: RunConfig, data: Dataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def cache_trained(folder: Path, cfg: RunConfig, method: Method, model: nn.Module, data: Dataset, history: list[dict],
+                  switch: Switch | None = None) -> dict:
+    """Measure a trained model (test accuracy, accuracy vs singular values kept, spectra) and cache it in `folder`
+    with that meta, for every target's run to reuse; the meta. The caller holds the folder's lock."""
+    plain = method.uncompressed(cfg, model)
+    exclude = exclude_patterns(cfg, plain)
+    meta = {"history": history, "train_time_s": sum(h.pop("epoch_time_s") for h in history),
+            "acc_trained": evaluate(model, data.test_x, data.test_y, data),
+            "acc_at_keep": keep_curve(plain, lambda m: evaluate(m, data.test_x, data.test_y, data), exclude),
+            "spectra": {k: v.tolist() for k, v in lorita.spectra(plain).items()},
+            "switch": switch.made if switch is not None else None}
+    # The model before its meta: meta.pt present means the pair is complete.
+    checkpoints.save(folder / "model.pt", model.state_dict())
+    checkpoints.save(folder / "meta.pt", meta)
+    return meta
+
+
+def criterion_batches(cfg: RunConfig, data: Dataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches data-driven criteria (Taylor, Hessian) and greedy rank cuts are scored on."""
     order = torch.Generator().manual_seed(cfg.seed)
     it = batches(data.train_x, data.train_y, cfg.budget.batch_size, mean=data.mean, std=data.std, augment=False,
                  shuffle=True, generator=order)
@@ -169,7 +192,7 @@ def compress_and_finetune(cfg: RunConfig, method: Method, data: Dataset, base: n
     folder = check_writable(finetune_dir(cfg, data.fingerprint))
     checkpoints.require_space(folder, base)
     steps = method.steps(cfg)
-    train_batches = _criterion_batches(cfg, data)
+    train_batches = criterion_batches(cfg, data)
     model, structure, acc_compressed, done = base, {}, float("nan"), 0
     for i, epochs in enumerate(_split_epochs(cfg.budget.finetune_epochs, steps), 1):
         model, structure = method.compress(cfg, copy.deepcopy(model), target=cfg.target * i / steps,
@@ -205,6 +228,7 @@ def run_tags(cfg: RunConfig, device: torch.device, data_fingerprint: str) -> dic
             schema.TAG_FACTORS: str(cfg.factors), schema.TAG_BUDGET_HASH: cfg.budget_hash(),
             schema.TAG_CONFIG_HASH: cfg.config_hash(), schema.TAG_DATA_FINGERPRINT: data_fingerprint,
             schema.TAG_RUNNER: claims.runner(), **({schema.TAG_TUNED: "true"} if cfg.tuning else {}),
+            **({schema.TAG_TRAINED_FROM: cfg.trained_from} if cfg.trained_from else {}),
             **environment_tags(device)}
 
 

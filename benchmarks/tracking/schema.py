@@ -91,6 +91,8 @@ TAG_LATENCY_UNDER_LOAD = "latency_under_load"  # "true" when that fraction was a
 TAG_ERROR = "error"  # message of a FAILED run
 TAG_SWEEP = "sweep"  # name of the sweep, on the sweep's parent run and on each of its runs
 TAG_TUNED = "tuned"  # "true" on a run whose values a tuning stage selected (its budget_hash names the tuning)
+# On a run whose trained model was imported (lorita-bench import-authors), not trained: the checkpoint's SHA-256.
+TAG_TRAINED_FROM = "trained_from"
 TAG_STUDY = "study"  # on a tuning trial: the Optuna study (one per method of a tuned comparison)
 TAG_TRIAL = "trial"  # on a tuning trial: its number in the study
 TAG_RETRY_OF = "retry_of"  # on a tuning trial: the number of the trial whose process died, retried with its values
