@@ -7,6 +7,7 @@ The pipeline, sweeps and reports ask the object; none of them looks at a method'
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +82,18 @@ class Switch:
     apply: Callable[[nn.Module, dict[str, Any]], None]
     measure: Callable[[nn.Module], dict[str, float]]
     made: dict[str, Any] | None = None
+
+    def reshaped(self, model: nn.Module, made: dict[str, Any]) -> nn.Module:
+        """A copy of `model` with a recorded change (`made`, as a checkpoint holds it) made: to check a saved state
+        against before `model` itself is touched."""
+        shaped = copy.deepcopy(model)
+        self.apply(shaped, {k: v for k, v in made.items() if k != "epoch"})
+        return shaped
+
+    def replay(self, model: nn.Module, made: dict[str, Any]) -> None:
+        """Make a recorded change again on `model` in place, and hold it as made."""
+        self.apply(model, {k: v for k, v in made.items() if k != "epoch"})
+        self.made = made
 
 
 def _same(cfg: RunConfig, model: nn.Module) -> nn.Module:

@@ -101,18 +101,16 @@ def cached_trained(folder: Path, model: nn.Module, switch: Switch | None) -> dic
     try:
         meta = checkpoints.load(meta_path)
         made = meta.get("switch") if isinstance(meta, dict) else None
-        shaped = model
-        if made is not None:  # on a copy first: an unusable cache must leave the model as built
-            if switch is None:
-                raise checkpoints.UnusableFile(f"{meta_path} records a change of structure this method does not make")
-            shaped = copy.deepcopy(model)
-            switch.apply(shaped, {k: v for k, v in made.items() if k != "epoch"})
+        if made is not None and switch is None:
+            raise checkpoints.UnusableFile(f"{meta_path} records a change of structure this method does not make")
+        # On a copy first: an unusable cache must leave the model as built.
+        shaped = model if made is None else switch.reshaped(model, made)
         checkpoints.load_state(state_path, shaped)
     except checkpoints.UnusableFile as err:
         tqdm.write(f"cached model unusable: {err}; replacing it")
         return None
     if made is not None:
-        switch.apply(model, {k: v for k, v in made.items() if k != "epoch"})
+        switch.replay(model, made)
         model.load_state_dict(shaped.state_dict())
     return meta
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Collection
@@ -106,17 +105,14 @@ def _resume(checkpoint: Path | None, model: nn.Module, switch: Switch | None) ->
         made = state.get("switch")
         if made is not None and switch is None:
             raise UnusableFile(f"{checkpoint} was written after a change of structure this training does not make")
-        shaped = model
-        if made is not None:  # checked on a copy: an unusable checkpoint must leave the model as it was
-            shaped = copy.deepcopy(model)
-            switch.apply(shaped, {k: v for k, v in made.items() if k != "epoch"})
+        # Checked on a copy: an unusable checkpoint must leave the model as it was.
+        shaped = model if made is None else switch.reshaped(model, made)
         checkpoints.check_state(shaped, state["model"], checkpoint)
     except UnusableFile as err:
         tqdm.write(f"checkpoint unusable: {err}; starting this phase again")
         return None
     if made is not None:
-        switch.apply(model, {k: v for k, v in made.items() if k != "epoch"})
-        switch.made = made
+        switch.replay(model, made)
     return state
 
 
