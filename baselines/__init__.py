@@ -1,5 +1,7 @@
 """Structured-pruning baselines (torch-pruning 1.6 criteria) compared with LoRITa under identical budgets."""
 
+from baselines.applicability import not_applicable
+from baselines.budget import LatencyCost, layer_widths
 from baselines.pruning import TOLERANCE, progressive_targets, prune
 from baselines.registry import METHODS, MethodSpec, get_method
 from baselines.regularizers import SparsityRegularizer, sparsity_regularizer
@@ -8,6 +10,7 @@ from baselines.structure import PruningError, classifier_name
 
 __all__ = [
     "METHODS",
+    "LatencyCost",
     "TOLERANCE",
     "MethodSpec",
     "PruningError",
@@ -15,6 +18,8 @@ __all__ = [
     "apply_structure",
     "classifier_name",
     "get_method",
+    "layer_widths",
+    "not_applicable",
     "progressive_targets",
     "prune",
     "pruned_structure",

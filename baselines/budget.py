@@ -10,6 +10,7 @@ lorita.counting.count_flops_params and corrects if needed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,31 @@ from torch import nn
 from lorita import counting
 
 BILINEAR, CHANNEL, DEPTHWISE = 0, 1, 2
+# {layer name: (input widths, output widths)}, arrays over candidate plans, for the layers a plan changes.
+Widths = Mapping[str, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class LatencyCost:
+    """A model's latency as a function of the widths of its Linear/Conv2d layers (the caller's measured table).
+
+    `predict(widths)` gives one latency per candidate plan (widths broadcast against each other), every layer named;
+    `base` is the unpruned model's. Latency drops are measured against `base`.
+    """
+
+    base: float
+    predict: Callable[[Widths], np.ndarray]
+
+
+def layer_widths(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The (in, out) widths of every Linear and ungrouped Conv2d of `model`, as LatencyCost.predict takes them."""
+    widths = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            widths[name] = (np.array(module.in_features), np.array(module.out_features))
+        elif isinstance(module, nn.Conv2d) and module.groups == 1:
+            widths[name] = (np.array(module.in_channels), np.array(module.out_channels))
+    return widths
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
 
 
@@ -29,7 +55,10 @@ class CostModel:
     model's count after removing D[..., slot] input channels and D[..., S + slot] output channels.
     """
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, attentions: list[nn.Module] = ()) -> None:
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, attentions: list[nn.Module] = (),
+                 latency: LatencyCost | None = None) -> None:
+        self.latency = latency
+        self._widths = layer_widths(model) if latency is not None else {}  # as the model is now
         self.by_name = counting.flops_by_module(model, example_input)
         self.flops = self.by_name.get("", 0)
         self.params = sum(p.numel() for p in model.parameters())
@@ -49,17 +78,22 @@ class CostModel:
         self.f0: list[float] = []
         self.w0: list[float] = []
         self.b0: list[float] = []
+        self.layer_names: list[str | None] = []  # per slot, the Linear/Conv2d it is (for the latency metric)
         self._arrays: tuple | None = None
 
-    def count(self, metric: str) -> int:
+    def count(self, metric: str) -> float:
+        """The model's count as it is: FLOPs, params, or its predicted latency."""
+        if metric == "latency":
+            return float(self.latency.predict(self._widths))
         return self.flops if metric == "flops" else self.params
 
     @property
     def size(self) -> int:
         return len(self.kind)
 
-    def _add(self, kind: int, in0: float, out0: float, f0: float, w0: float, b0: float) -> int:
+    def _add(self, kind: int, in0: float, out0: float, f0: float, w0: float, b0: float, name: str | None = None) -> int:
         self._arrays = None
+        self.layer_names.append(name)
         self.kind.append(kind)
         self.in0.append(float(max(in0, 1)))
         self.out0.append(float(max(out0, 1)))
@@ -84,10 +118,11 @@ class CostModel:
             if isinstance(target, nn.modules.conv._ConvNd):
                 depthwise = target.groups > 1 and target.groups == target.in_channels == target.out_channels
                 index = self._add(DEPTHWISE if depthwise else BILINEAR, target.in_channels, target.out_channels,
-                                  flops, target.weight.numel(), bias_numel)
+                                  flops, target.weight.numel(), bias_numel,
+                                  None if target.groups > 1 else self._names[target])
             elif isinstance(target, nn.Linear):
                 index = self._add(BILINEAR, target.in_features, target.out_features, flops,
-                                  target.weight.numel(), bias_numel)
+                                  target.weight.numel(), bias_numel, self._names[target])
             elif isinstance(target, _NORMS):
                 width = getattr(target, "num_features", None) or getattr(target, "num_channels", None)
                 if width is None:
@@ -109,6 +144,8 @@ class CostModel:
         """The model's count after removing `removed[..., :S]` input and `removed[..., S:]` output channels."""
         kind, in0, out0, f0, w0, b0 = self._numpy()
         size = len(kind)
+        if metric == "latency":
+            return self._latency(removed, in0, out0)
         keep_in = 1.0 - removed[..., :size] / in0
         keep_out = 1.0 - removed[..., size:] / out0
         scale = np.where(kind == BILINEAR, keep_in * keep_out,
@@ -116,6 +153,12 @@ class CostModel:
         if metric == "flops":
             return self.flops - ((1.0 - scale) * f0).sum(-1)
         return self.params - ((1.0 - scale) * w0 + (1.0 - keep_out) * b0).sum(-1)
+
+    def _latency(self, removed: np.ndarray, in0: np.ndarray, out0: np.ndarray) -> np.ndarray:
+        size = len(in0)
+        widths = {name: (in0[slot] - removed[..., slot], out0[slot] - removed[..., size + slot])
+                  for slot, name in enumerate(self.layer_names) if name is not None}
+        return np.asarray(self.latency.predict({**self._widths, **widths}), dtype=np.float64)
 
 
 @dataclass
@@ -154,6 +197,10 @@ class BudgetError(ValueError):
 
 class UnreachableTarget(BudgetError):
     """Even removing every removable unit falls short of the target (the message states the largest drop)."""
+
+    def __init__(self, largest: float) -> None:
+        super().__init__(f"the largest reachable drop is {largest:.3f}")
+        self.largest = largest
 
 
 def choose(groups: list[GroupUnits], cost: CostModel, metric: str, target: float, base: int, *,
@@ -194,7 +241,7 @@ def choose(groups: list[GroupUnits], cost: CostModel, metric: str, target: float
     if drops[0] >= target - tolerances[0]:
         return {}
     if drops[-1] < target - tolerances[-1]:
-        raise UnreachableTarget(f"the largest reachable drop is {drops[-1]:.3f}")
+        raise UnreachableTarget(float(drops[-1]))
     for tol in tolerances:
         low, high = target - tol, target + tol
         inside = np.flatnonzero((drops >= low) & (drops <= high))

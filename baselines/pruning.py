@@ -18,9 +18,10 @@ from baselines.importance import collect_gradients
 from baselines.registry import MethodSpec, get_method
 from baselines.structure import PruningError, check_forward
 from lorita.counting import count_flops_params
+from lorita.ranks import UnreachableTarget
 
 TOLERANCE = 0.01  # the achieved drop is within ±1 percentage point of the target
-METRICS = ("flops", "params")
+METRICS = ("flops", "params", "latency")
 SCOPES = ("global", "uniform")
 _ATTEMPTS = 3
 
@@ -36,12 +37,13 @@ class _Config:
     metric: str
     example_input: torch.Tensor
     batches: list | None
-    base: int | None
+    base: float | None
     scope: str
     seed: int
     ignored_layers: tuple[str, ...]
     max_ratio: float
     prune_heads: bool
+    latency: budget.LatencyCost | None = None
 
 
 def prune(
@@ -60,6 +62,7 @@ def prune(
     max_ratio: float = 0.9,
     prune_heads: bool = False,
     grad_batches: int = 8,
+    latency: budget.LatencyCost | None = None,
 ) -> nn.Module:
     """A structurally pruned copy of `model` whose `metric` ("flops" or "params") dropped by `target`.
 
@@ -69,6 +72,9 @@ def prune(
     when pruning progressively with fine-tuning in between: round i of k calls
     prune(current, ..., target=progressive_targets(T, k)[i], reference=(base flops, base params)).
     The achieved drop is verified with count_flops_params to lie within ±1 percentage point of `target`.
+    Metric "latency" prices plans by `latency` (a budget.LatencyCost: the caller's measured table) instead, against
+    its `base` (the original model's latency, so progressive rounds need no `reference`); the achieved drop is the
+    same prediction for the pruned model's widths.
 
     Each round computes the method's importance on the current model (taylor and hessian from cross-entropy
     gradients on up to `grad_batches` batches of `train_batches`, (inputs, labels) pairs) and removes the least
@@ -91,6 +97,9 @@ def prune(
         raise ValueError(f"target must be a fraction in (0, 1), got {target!r}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if (metric == "latency") != (latency is not None):
+        raise ValueError(f"latency (a budget.LatencyCost) is what metric 'latency' prices plans by, and only it: got "
+                         f"metric {metric!r} with latency {'given' if latency is not None else 'None'}")
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     for name, value in (("steps", steps), ("grad_batches", grad_batches), ("seed", seed)):
@@ -113,9 +122,12 @@ def prune(
         raise ValueError(f"reference must be (flops, params) of the original model, got {reference!r}")
     work = model  # every round prunes a deep copy of its input: `model` itself is never modified
     # Without a reference the first round's count (the same fvcore configuration as count_flops_params) is it.
-    base = None if reference is None else reference[METRICS.index(metric)]
+    if metric == "latency":
+        base = latency.base
+    else:
+        base = None if reference is None else reference[METRICS.index(metric)]
     config = _Config(spec, metric, example_input, batches, base, scope, seed, ignored, float(max_ratio),
-                     prune_heads)
+                     prune_heads, latency)
     for index, round_target in enumerate(progressive_targets(float(target), steps)):
         work, base = _prune_round(work, round_target, config, seed + index)
         config = dataclasses.replace(config, base=base)
@@ -132,7 +144,7 @@ def _prune_round(model: nn.Module, target: float, config: _Config, seed: int) ->
                       prune_heads=config.prune_heads, seed=seed)
         if config.batches is not None:
             collect_gradients(work, config.spec, config.batches)
-        cost = budget.CostModel(work, config.example_input, setup.attentions)
+        cost = budget.CostModel(work, config.example_input, setup.attentions, config.latency)
         if config.base is None:
             config = dataclasses.replace(config, base=cost.count(config.metric))
         current = 1.0 - cost.count(config.metric) / config.base
@@ -144,13 +156,13 @@ def _prune_round(model: nn.Module, target: float, config: _Config, seed: int) ->
                              f"is {current:.3f}")
         groups = _group_units(setup, cost, config)
         if not groups:
-            raise ValueError(_unreachable(target, config, current, why=_no_units_reason(config.spec)))
+            raise UnreachableTarget(_unreachable(target, config, current, why=_no_units_reason(config.spec)), current)
         try:
             plan = budget.choose(groups, cost, config.metric, aim, config.base, scope=config.scope)
         except budget.UnreachableTarget as err:
-            raise ValueError(f"target={target:.4g} for {config.metric}_drop is unreachable: {err} "
-                             f"(every prunable layer pruned to max_ratio={config.max_ratio:g} with method "
-                             f"{config.spec.name!r})") from None
+            raise UnreachableTarget(f"target={target:.4g} for {config.metric}_drop is unreachable: {err} "
+                                    f"(every prunable layer pruned to max_ratio={config.max_ratio:g} with method "
+                                    f"{config.spec.name!r})", err.largest) from None
         except budget.BudgetError as err:
             raise ValueError(f"target={target:.4g} for {config.metric}_drop: {err}") from None
         _apply(setup, groups, plan)
@@ -158,14 +170,21 @@ def _prune_round(model: nn.Module, target: float, config: _Config, seed: int) ->
         check_forward(work, config.example_input,
                       f"torch-pruning could not prune {type(work).__name__} consistently ({config.spec.name}); the "
                       "pruned model", _HINT)
-        flops, params = count_flops_params(work, config.example_input)
-        achieved = 1.0 - (flops if config.metric == "flops" else params) / config.base
+        achieved = 1.0 - _count(work, config) / config.base
         if abs(achieved - target) <= TOLERANCE:
             _check_classifier(model, work, setup.classifier)
             return work, config.base
         aim += target - achieved
     raise PruningError(f"could not bring {config.metric}_drop within 1 percentage point of {target:.4g} "
                        f"({config.spec.name} on {type(model).__name__}): last achieved {achieved:.4f}")
+
+
+def _count(model: nn.Module, config: _Config) -> float:
+    """The pruned model's count as the target measures it: fvcore's FLOPs or params, or the predicted latency."""
+    if config.metric == "latency":
+        return float(config.latency.predict(budget.layer_widths(model)))
+    flops, params = count_flops_params(model, config.example_input)
+    return flops if config.metric == "flops" else params
 
 
 _HINT = ("Layers whose widths are tied by operations torch-pruning does not model (e.g. a fixed zero-padding "

@@ -1,5 +1,5 @@
-"""`lorita-bench`: run one benchmark or a grid, reproduce the paper, import the authors' checkpoints, list methods,
-open the MLflow UI."""
+"""`lorita-bench`: run one benchmark or a grid, reproduce the paper, import the authors' checkpoints, read results on
+the terminal, clean up failed runs, export a run's model (ONNX, pt2), list methods, open the MLflow UI."""
 
 from __future__ import annotations
 
@@ -7,15 +7,30 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 
-from benchmarks.config import DEFAULT_CACHE_DIR, EXECUTORS, apply_overrides, load_yaml, make_config, parse_assignment
+from benchmarks.config import (
+    DEFAULT_CACHE_DIR,
+    EXECUTORS,
+    LATENCY_DROP,
+    Budget,
+    RunConfig,
+    apply_overrides,
+    load_yaml,
+    make_config,
+    parse_assignment,
+    speedup_target,
+)
 from benchmarks.errors import one_line
 from benchmarks.run import interrupts
 
-# Set for this process before MLflow is imported (it reads it then): usage telemetry would only add a background
-# thread and failed calls to benchmarks that often run offline. A user's own setting wins.
-PROCESS_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+# Set for this process (and the workers it starts) before MLflow and torch are imported, which read them then. A user's
+# own setting wins. MLflow: usage telemetry would only add a background thread and failed calls to benchmarks that
+# often run offline. OpenMP (torch's libgomp): its threads spin at every barrier by default; when other processes hold
+# the other cores, a spinning thread waits for a descheduled one at each of the thousands of small ops of an epoch:
+# measured on 2 busy cores, a LoRITa FCN epoch took 0.7 to 15 s (most in a process's first epoch) instead of 0.2 s
+# with the threads sleeping while they wait, and train_time_s recorded that instead of the method's cost.
+PROCESS_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true", "OMP_WAIT_POLICY": "PASSIVE"}
 
 COMMANDS_GROUP = "lorita_bench.commands"
 # Commands that checkpoint what they train, so that running them again continues.
@@ -25,8 +40,38 @@ FLAG_KEYS = {
     "experiment": "experiment", "model": "model", "dataset": "dataset", "data_root": "data_root",
     "method": "method", "factors": "factors", "epochs": "budget.epochs",
     "finetune_epochs": "budget.finetune_epochs", "seed": "seed", "device": "device", "cache_dir": "cache_dir",
-    "wait": "wait",
+    "wait": "wait", "latency_batch": "latency_batch",
 }
+
+# The config's own defaults, which a flag left out leaves in place (shown in --help).
+DEFAULTS, BUDGET_DEFAULTS = RunConfig(), Budget()
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already says it (or it has none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings
+        if quiet or "default" in text or "%(default)" in text:
+            return text
+        return f"{text} (default %(default)s)"
+
+
+class _SubCommands(argparse._SubParsersAction):  # argparse's documented extension point, a private name
+    """Subcommands, every one with a description (its help when none is given) and the defaults shown."""
+
+    def add_parser(self, name: str, **kwargs):
+        kwargs.setdefault("description", kwargs.get("help"))
+        kwargs.setdefault("formatter_class", _Formatter)
+        return super().add_parser(name, **kwargs)
+
+
+def _version() -> str:
+    try:
+        return version("lorita-bench")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def _run_parser(sub) -> argparse.ArgumentParser:
@@ -36,18 +81,32 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of run settings (see benchmarks/configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set budget.lr=0.05 (repeatable)")
-    p.add_argument("--experiment", help="MLflow experiment name (default lorita-bench)")
-    p.add_argument("--model", help="fcn, cnn, vgg16, vgg19, resnet20, resnet56, vit, tv:<name>, module:factory")
-    p.add_argument("--dataset", help="digits (offline default), mnist, cifar10, cifar100, imagefolder:<path>")
-    p.add_argument("--data-root", help="where torchvision datasets live")
-    p.add_argument("--method", help="dense, lorita, svd or a pruning method (see `lorita-bench methods`)")
+    p.add_argument("--experiment", help=f"MLflow experiment name (default {DEFAULTS.experiment})")
+    p.add_argument("--model", help="fcn, cnn, vgg16, vgg19, resnet20, resnet56, vit, tv:<torchvision name> (options "
+                                   "and weights: --set model_kwargs.weights=DEFAULT), module:factory (a function of "
+                                   f"num_classes, in_shape, **kwargs; the current folder is importable) (default "
+                                   f"{DEFAULTS.model})")
+    p.add_argument("--dataset", help="digits (offline), mnist, cifar10, cifar100, imagefolder:<path> (train/ and test/ "
+                                     "of class folders; mixed sizes: --set dataset_kwargs.size=32) (default "
+                                     f"{DEFAULTS.dataset})")
+    p.add_argument("--data-root", help="where torchvision datasets live (default ./data)")
+    p.add_argument("--method", help="dense, lorita, svd or a pruning method (see `lorita-bench methods`) (default "
+                                    f"{DEFAULTS.method})")
     p.add_argument("--factors", type=int, help="LoRITa's N: layers trained as products of N maps (default 3)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target-flops-drop", type=float, metavar="T", help="compress until FLOPs drop by T")
     target.add_argument("--target-params-drop", type=float, metavar="T", help="compress until params drop by T")
-    p.add_argument("--epochs", type=int, help="training epochs (budget.epochs)")
-    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (budget.finetune_epochs)")
-    p.add_argument("--seed", type=int)
+    target.add_argument("--target-speedup", type=float, metavar="S",
+                        help="compress until measured latency at --latency-batch falls by 1 - 1/S (S > 1), planned "
+                             "by the latency table")
+    p.add_argument("--latency-batch", type=int, metavar="B",
+                   help="batch size of the latency target and of the latency recorded beside batch 1 (default 128)")
+    p.add_argument("--epochs", type=int, help=f"training epochs (budget.epochs; default {BUDGET_DEFAULTS.epochs})")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (budget.finetune_epochs; default "
+                                                       f"{BUDGET_DEFAULTS.finetune_epochs})")
+    p.add_argument("--seed", type=int, help="seed of the initialization, the shuffling, the augmentation and the "
+                                            f"criteria's batches; runs of several seeds give the spread (default "
+                                            f"{DEFAULTS.seed})")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--cache-dir", help=f"trained-model cache and checkpoints (default {DEFAULT_CACHE_DIR})")
     p.add_argument("--force", action="store_true", help="run again even if this config already FINISHED")
@@ -111,6 +170,94 @@ def _import_authors(args: argparse.Namespace) -> int:
     return EXIT_INCOMPLETE if any(result.status == schema.STATUS_HELD for result in results) else 0
 
 
+def _results(args: argparse.Namespace) -> int:
+    from benchmarks import tracking
+    from benchmarks.results import finished_runs, results_table
+
+    experiments = [args.experiment] if args.experiment else tracking.experiment_names()
+    printed = False
+    for name in experiments:
+        frame = finished_runs(name)
+        if len(frame) or args.experiment:
+            print(f"{'' if not printed else chr(10)}experiment {name}:")
+            print(results_table(frame))
+            printed = True
+    if not printed:
+        print(f"no finished runs in the tracking store {tracking.tracking_uri()}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from benchmarks.results import comparison
+
+    print(comparison(args.runs))
+    return 0
+
+
+def _runs_delete(args: argparse.Namespace) -> int:
+    from benchmarks.cleanup import delete_failed
+
+    if not args.failed:
+        raise ValueError("runs delete: say which runs: --failed (failed and killed runs) is the one selection")
+    print(delete_failed(args.experiment, dry_run=args.dry_run, purge=args.purge))
+    return 0
+
+
+def _results_parsers(sub) -> None:
+    """`results`, `compare` and `runs delete`: reading a store on the terminal and cleaning it up."""
+    res = sub.add_parser("results", help="print a table of the finished runs: per method and target, the drop "
+                         "achieved and the accuracies, mean +- std over seeds",
+                         description="Reads the tracking store (MLFLOW_TRACKING_URI, else ./mlflow.db); a table per "
+                                     "experiment. The same table ends every sweep.")
+    res.add_argument("--experiment", help="only this experiment (default: every one with finished runs)")
+    res.set_defaults(handler=_results)
+    cmp = sub.add_parser("compare", help="print two or more runs side by side: what differs in their configs, and "
+                         "their final numbers")
+    cmp.add_argument("runs", nargs="+", metavar="RUN", help="run ids (lorita-bench run prints its own)")
+    cmp.set_defaults(handler=_compare)
+    runs = sub.add_parser("runs", help="manage the runs in the tracking store (runs delete --failed)")
+    verbs = runs.add_subparsers(dest="verb", required=True)
+    delete = verbs.add_parser("delete", help="remove failed and killed runs (MLflow's soft delete)",
+                              description="Soft-deletes (MLflow's delete: `mlflow gc` removes them for good) every "
+                                          "FAILED or KILLED benchmark run; runs tagged not applicable are never "
+                                          "touched. Checkpoints stay, so a killed config still resumes, unless "
+                                          "--purge.")
+    delete.add_argument("--failed", action="store_true", help="select the failed and killed runs")
+    delete.add_argument("--experiment", help="only this experiment (default: every experiment)")
+    delete.add_argument("--dry-run", action="store_true", help="list the runs it would delete, change nothing")
+    delete.add_argument("--purge", action="store_true",
+                        help="remove their checkpoints too (not while a process runs or trains the config)")
+    delete.set_defaults(handler=_runs_delete)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from benchmarks.export.command import CHECK_SAMPLES, TOLERANCE, export_run
+    from benchmarks.tracking import schema
+
+    done = export_run(args.run, args.format, args.out, force=args.force, trust_code=args.trust_code)
+    print(f"wrote {done.path} ({done.fmt}); largest absolute difference from PyTorch's outputs on a batch of "
+          f"{CHECK_SAMPLES}: {done.max_abs_diff:.3g} (metric {schema.export_max_abs_diff(done.fmt)} of run {args.run})")
+    if not done.within_tolerance:
+        print(f"lorita-bench: warning: that is above {TOLERANCE[done.fmt]:g}, more than float32 rounding explains",
+              file=sys.stderr)
+    return 0
+
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a finished run's compressed model as ONNX or a torch.export program "
+                       "(pt2), checked against PyTorch",
+                       description="Rebuilds the run's compressed model from the tracking store, writes it with a "
+                                   "free batch size, runs the file (ONNX Runtime, or torch.export's loader) on a "
+                                   "batch beside PyTorch and prints and records the largest absolute difference.")
+    p.add_argument("run", metavar="RUN", help="the run's id (lorita-bench run prints it)")
+    p.add_argument("--format", required=True, help="onnx (needs the export extra: pip install -e '.[export]') or pt2")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--trust-code", action="store_true",
+                   help="allow a run whose model a module:factory builds (imports and runs that module)")
+    p.set_defaults(handler=_export)
+
+
 def _methods(args: argparse.Namespace) -> int:
     from benchmarks.methods import METHODS
 
@@ -167,6 +314,12 @@ def _ui(args: argparse.Namespace) -> int:
     # A session of its own: the stop below then reaches every process MLflow starts (CLI, uvicorn, job runner), and
     # reaches it once (a terminal's Ctrl-C would reach the group too).
     server = subprocess.Popen(tracking.ui_command(args.host, args.port), start_new_session=True)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    # MLflow 3.17 opens every experiment on its GenAI overview, whatever its kind tag, until the browser has chosen
+    # "Model training" once (it keeps the choice); a page opened at ui_page's address shows the runs.
+    print(f"lorita-bench: the MLflow UI of {tracking.tracking_uri()} on http://{shown}:{args.port} (Ctrl-C stops "
+          "it): choose \"Model training\" at its top left once per browser to see the runs tables, or open "
+          f"{tracking.ui_page(f'http://{shown}:{args.port}', 'experiments/<id>/runs')}", flush=True)
     try:
         code = server.wait()
     finally:  # Ctrl-C, SIGTERM, or MLflow ended by itself: stop what is left of it
@@ -234,7 +387,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface, including subcommands other packages register (`lorita_bench.commands`)."""
-    parser = argparse.ArgumentParser(prog="lorita-bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="lorita-bench", description=__doc__, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.register("action", "parsers", _SubCommands)
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub).set_defaults(handler=_run)
     sweep = sub.add_parser("sweep", help="run a grid of benchmarks from a YAML sweep file (skips finished runs); "
@@ -268,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "a local instance)")
     rep.set_defaults(handler=_reproduce)
     _import_parser(sub).set_defaults(handler=_import_authors)
+    _results_parsers(sub)
+    _export_parser(sub)
     sub.add_parser("methods", help="list the registered methods").set_defaults(handler=_methods)
     sub.add_parser("sync", help="send the records kept while the tracking server was unreachable",
                    description=f"Runs keep what they measure in the outbox ({DEFAULT_CACHE_DIR}/outbox, or "
@@ -294,6 +451,8 @@ def config_from_args(args: argparse.Namespace, fixed: dict | None = None):
         overrides.update(target_metric="flops_drop", target=args.target_flops_drop)
     if getattr(args, "target_params_drop", None) is not None:
         overrides.update(target_metric="params_drop", target=args.target_params_drop)
+    if getattr(args, "target_speedup", None) is not None:
+        overrides.update(target_metric=LATENCY_DROP, target=speedup_target(args.target_speedup, "--target-speedup"))
     overrides.update(parse_assignment(text) for text in args.set)
     return make_config(apply_overrides(data, overrides))
 
@@ -301,7 +460,15 @@ def config_from_args(args: argparse.Namespace, fixed: dict | None = None):
 def _summary(result) -> str:
     from benchmarks.tracking import schema
 
-    trained = "imported" if result.config.trained_from else "reused from cache" if result.cache_hit else "trained now"
+    if result.status == schema.STATUS_SKIPPED:
+        trained = "not run again: the numbers below are the stored run's (--force runs it again)"
+    elif result.status == schema.STATUS_HELD:
+        trained = "not run here: another process runs it"
+    elif result.not_applicable:
+        trained = f"not trained: the method does not apply ({result.not_applicable})"
+    else:
+        trained = ("imported" if result.config.trained_from else "reused from cache" if result.cache_hit
+                   else "trained now")
     rows = [("run", result.run_id or "-"), ("status", result.status), ("trained model", trained)]
     m = result.metrics
     for name, fmt in [(schema.ACC_TRAINED, "{:.4f}"), (schema.ACC_COMPRESSED, "{:.4f}"),

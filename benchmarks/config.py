@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import re
@@ -71,7 +72,12 @@ def _choice(*choices: str) -> Callable[[Any], bool]:
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("plateau", "cosine", "step", "constant")
 AUGMENTS = ("auto", "none", "crop_flip")
-TARGET_METRICS = ("flops_drop", "params_drop")
+TARGET_METRICS = ("flops_drop", "params_drop", "latency_drop")
+# The target planned by the measured latency table (benchmarks.latency) at latency_batch, not by counts.
+LATENCY_DROP = "latency_drop"
+# How latency is measured: PyTorch eager on the run's device, or ONNX Runtime on the CPU (the export extra)
+# (benchmarks.latency.table.BACKENDS names them too).
+LATENCY_BACKENDS = ("eager", "ort")
 MODES = ("auto", "activation", "weight")
 # Learning rates above this are typos (1e308 trains nothing but NaN); the largest in common recipes are about 10.
 MAX_LR = 100.0
@@ -129,6 +135,8 @@ class RunConfig:
     model: str = _spec("fcn", "a model name (see lorita-bench run --help)", lambda v: isinstance(v, str) and bool(v))
     model_kwargs: dict = _spec(dict, "a mapping of model options", lambda v: isinstance(v, dict))
     dataset: str = _spec("digits", "a dataset name", lambda v: isinstance(v, str) and bool(v))
+    # Options of the dataset's loader (an image folder's `size`); benchmarks.data checks their keys and values.
+    dataset_kwargs: dict = _spec(dict, "a mapping of dataset options", lambda v: isinstance(v, dict), added=True)
     data_root: str | None = _spec(None, "a directory path", lambda v: v is None or isinstance(v, str))
     method: str = _spec("lorita", "a method name", lambda v: isinstance(v, str) and bool(v))
     method_options: dict = _spec(dict, "a mapping of method options", lambda v: isinstance(v, dict))
@@ -159,6 +167,10 @@ class RunConfig:
     trained_from: str | None = _spec(None, "the SHA-256 of a checkpoint file (64 lowercase hex digits)",
                                      lambda v: v is None or (isinstance(v, str) and SHA256.fullmatch(v) is not None),
                                      added=True)
+    # The batch size of a latency_drop target and of the latency recorded beside batch 1 (and its table's entries).
+    latency_batch: int = _spec(128, "an integer >= 1", _int(1), added=True)
+    latency_backend: str = _spec("eager", f"one of {', '.join(LATENCY_BACKENDS)}", _choice(*LATENCY_BACKENDS),
+                                 added=True)
     budget: Budget = field(default_factory=Budget)
 
     def config_hash(self) -> str:
@@ -182,6 +194,14 @@ class RunConfig:
         searched = set(self.tuning.get("space", {}))
         budget = {k: v for k, v in identity(self.budget).items() if k not in searched}
         return stable_hash({"budget": budget, "tuning": self.tuning})
+
+
+def speedup_target(speedup: Any, name: str) -> float:
+    """The latency_drop target of a speed-up S (latency falls by 1 - 1/S); a one-line ConfigError naming `name`
+    unless S is a number > 1."""
+    if isinstance(speedup, bool) or not isinstance(speedup, int | float) or not speedup > 1 or speedup == float("inf"):
+        raise ConfigError(f"config: {name} must be a number > 1 (latency falls by 1 - 1/S); got {shown(speedup)}")
+    return 1 - 1 / speedup
 
 
 def identity(obj: Any) -> dict[str, Any]:
@@ -231,7 +251,11 @@ def _coerce(cls: type, prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
 
 def make_config(data: Mapping[str, Any]) -> RunConfig:
     """A validated RunConfig from a (possibly nested) mapping."""
-    return RunConfig(**_coerce(RunConfig, "", data))
+    cfg = RunConfig(**_coerce(RunConfig, "", data))
+    if cfg.latency_backend == "ort" and importlib.util.find_spec("onnxruntime") is None:
+        raise ConfigError("config: latency_backend ort needs ONNX Runtime, which is not installed: "
+                          "pip install -e '.[export]'")
+    return cfg
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

@@ -7,7 +7,7 @@ import math
 import os
 import struct
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,15 @@ from tqdm import tqdm
 
 from benchmarks import checkpoints
 from benchmarks.config import DEFAULT_CACHE_DIR
-from benchmarks.errors import one_line
+from benchmarks.errors import did_you_mean, one_line
 
-DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder:<path>")
+DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder:<path>", "digits-seq", "mnist-seq")
+# Sequence datasets: the images of another dataset read as sequences of their rows, (N, rows, columns); the same
+# splits, statistics and loading (in_shape = (time steps, features)).
+SEQUENCES = {"digits-seq": "digits", "mnist-seq": "mnist"}
+# What each dataset's loader takes in dataset_kwargs (with what it allows); a dataset not named takes none.
+DATASET_OPTIONS = {"imagefolder": {"size": "an integer >= 1 or [height, width]: every image is resized (aspect kept) "
+                                           "until it covers that size, then center-cropped to it"}}
 
 # Per-channel statistics on the 0..1 scale. The digits values are those of its fixed 80/20 train split
 # (population std over all train pixels); tests recompute them.
@@ -66,7 +72,7 @@ class Dataset:
     val_x: Tensor
     val_y: Tensor
     num_classes: int
-    in_shape: tuple[int, int, int]
+    in_shape: tuple[int, ...]  # (C, H, W) of an image, (time steps, features) of a sequence
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop_flip: bool
@@ -113,13 +119,16 @@ def load_dataset(
     device: str | torch.device = "cpu",
     download: bool = True,
     cache_dir: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Dataset:
-    """Load dataset `name` (see DATASETS) into memory, carving a stratified validation slice from train."""
+    """Load dataset `name` (see DATASETS) into memory, carving a stratified validation slice from train.
+
+    `options` are the dataset's loader options (a config's dataset_kwargs; see DATASET_OPTIONS).
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    splits = _load_splits(name, data_root, download, cache_dir)
+    splits = _load_splits(name, data_root, download, cache_dir, options)
     train_x, train_y, val_x, val_y = _split_val(splits.train_x, splits.train_y, val_fraction, seed)
-    c, h, w = splits.train_x.shape[1:]
     return Dataset(
         name=name,
         train_x=train_x.to(device),
@@ -129,7 +138,7 @@ def load_dataset(
         val_x=val_x.to(device),
         val_y=val_y.to(device),
         num_classes=splits.num_classes,
-        in_shape=(c, h, w),
+        in_shape=tuple(splits.train_x.shape[1:]),
         mean=splits.mean,
         std=splits.std,
         crop_flip=splits.crop_flip,
@@ -138,7 +147,8 @@ def load_dataset(
 
 
 def fingerprint(
-    name: str, data_root: str | None = None, cache_dir: str | None = None, *, download: bool = True
+    name: str, data_root: str | None = None, cache_dir: str | None = None, *, download: bool = True,
+    options: Mapping[str, Any] | None = None,
 ) -> str:
     """The content fingerprint of dataset `name`: 16 hex digits of a SHA-256, the same as `Dataset.fingerprint`.
 
@@ -148,21 +158,46 @@ def fingerprint(
     any changed pixel, label, image order or class folder order gives another. An image folder's fingerprint is
     kept in its dataset cache, so after the first load this reads the cache instead of decoding or hashing.
     """
-    return _load_splits(name, data_root, download, cache_dir).fingerprint
+    return _load_splits(name, data_root, download, cache_dir, options).fingerprint
 
 
-def check_available(name: str, data_root: str | None = None) -> None:
+def check_available(name: str, data_root: str | None = None, options: Mapping[str, Any] | None = None) -> None:
     """Raise the DataError load_dataset would for a missing or invalid dataset, without decoding images."""
     if not _is_imagefolder(name):
         # digits is bundled, mnist and cifar are arrays read in well under a second (or downloaded, as
         # load_dataset would); an unknown name raises load_dataset's own error.
-        load_dataset(name, data_root=data_root)
+        load_dataset(name, data_root=data_root, options=options)
         return
+    check_options(name, options)
     # Listing the folders runs every check of an image folder but decoding; decoding its images can take minutes.
     _list_splits(name, _imagefolder_path(name, data_root).resolve())
 
 
-def _load_splits(name: str, data_root: str | None, download: bool, cache_dir: str | None) -> _Splits:
+def check_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The dataset's loader options, checked (a one-line DataError naming the bad dataset_kwargs key or value)."""
+    options = dict(options or {})
+    kind = "imagefolder" if _is_imagefolder(name) else name
+    allowed = DATASET_OPTIONS.get(kind, {})
+    for key in options:
+        if key not in allowed:
+            takes = f"takes only {', '.join(allowed)}" if allowed else "takes none"
+            raise DataError(f"dataset_kwargs.{key}: dataset {name!r} {takes} (imagefolder: datasets take size)")
+    if "size" in options and _size(options["size"]) is None:
+        raise DataError(f"dataset_kwargs.size must be {allowed['size']}; got {options['size']!r}")
+    return options
+
+
+def _size(value: Any) -> tuple[int, int] | None:
+    """(height, width) of a size option (an int is square), None when invalid."""
+    sides = [value, value] if not isinstance(value, list | tuple) else list(value)
+    if len(sides) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sides):
+        return None
+    return sides[0], sides[1]
+
+
+def _load_splits(name: str, data_root: str | None, download: bool, cache_dir: str | None,
+                 options: Mapping[str, Any] | None = None) -> _Splits:
+    options = check_options(name, options)
     root = data_root if data_root is not None else "data"  # torchvision datasets default to ./data
     if name == "digits":
         splits = _load_digits()
@@ -170,10 +205,14 @@ def _load_splits(name: str, data_root: str | None, download: bool, cache_dir: st
         splits = _load_mnist(root, download)
     elif name in ("cifar10", "cifar100"):
         splits = _load_cifar(name, root, download)
+    elif name in SEQUENCES:
+        images = _load_splits(SEQUENCES[name], data_root, download, cache_dir)
+        splits = replace(images, train_x=images.train_x.squeeze(1), test_x=images.test_x.squeeze(1), fingerprint=None)
     elif _is_imagefolder(name):
-        splits = _load_imagefolder(name, _imagefolder_path(name, data_root), cache_dir)
+        size = _size(options["size"]) if "size" in options else None
+        splits = _load_imagefolder(name, _imagefolder_path(name, data_root), cache_dir, size)
     else:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; choose one of: {', '.join(DATASETS)}")
     _check_splits(name, splits)
     if splits.fingerprint is None:
         tensors = (splits.train_x, splits.train_y, splits.test_x, splits.test_y)
@@ -220,14 +259,17 @@ def _imagefolder_path(name: str, data_root: str | None) -> Path:
 
 
 def normalize(x_uint8: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Scale uint8 (N, C, H, W) images to 0..1 and standardize each channel; returns float32."""
+    """Scale uint8 (N, C, H, W) images to 0..1 and standardize each channel, or (N, T, F) sequences of one-channel
+    image rows by their one statistic; returns float32."""
     if x_uint8.dtype != torch.uint8:
         raise DataError(f"x_uint8 must have dtype torch.uint8, got {x_uint8.dtype}")
-    channels = x_uint8.shape[1]
+    image = x_uint8.dim() == 4
+    channels = x_uint8.shape[1] if image else 1
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"mean and std need one value per channel ({channels}), got {len(mean)} and {len(std)}")
-    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
+    shape = (1, -1, 1, 1) if image else (1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(shape)
+    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(shape)
     return (x_uint8.float() / 255.0 - m) / s
 
 
@@ -442,14 +484,14 @@ def _load_cifar(name: str, root: str, download: bool) -> _Splits:
     )
 
 
-def _load_imagefolder(name: str, folder: Path, cache_dir: str | None) -> _Splits:
+def _load_imagefolder(name: str, folder: Path, cache_dir: str | None, size: tuple[int, int] | None = None) -> _Splits:
     folder = folder.resolve()
     train_files, test_files, classes = _list_splits(name, folder)
     cache_root = Path(cache_dir or os.environ.get("LORITA_BENCH_CACHE") or DEFAULT_CACHE_DIR)
-    cache = cache_root / f"imagefolder-{_cache_key(folder, train_files + test_files)}.pt"
+    cache = cache_root / f"imagefolder-{_cache_key(folder, train_files + test_files, size)}.pt"
     payload = _read_cache(cache)
     if payload is None:
-        payload = _decode_imagefolder(name, train_files, test_files, len(classes))
+        payload = _decode_imagefolder(name, train_files, test_files, len(classes), size)
         _write_cache(cache, payload)
     mean, std = tuple(payload["mean"]), tuple(payload["std"])
     c, h, w = payload["train_x"].shape[1:]
@@ -466,8 +508,10 @@ def _load_imagefolder(name: str, folder: Path, cache_dir: str | None) -> _Splits
     )
 
 
-def _cache_key(folder: Path, files: list[tuple[str, int]]) -> str:
+def _cache_key(folder: Path, files: list[tuple[str, int]], size: tuple[int, int] | None = None) -> str:
     key = hashlib.sha256(f"v{_CACHE_VERSION}\n{folder}\n".encode())
+    if size is not None:  # only when set: the caches of folders loaded at their own size keep their keys
+        key.update(f"size {size[0]}x{size[1]}\n".encode())
     skip = len(str(folder)) + 1
     for path, _ in files:
         stat = os.stat(path)
@@ -517,19 +561,23 @@ def _list_split(
 
 
 def _decode_imagefolder(
-    name: str, train: list[tuple[str, int]], test: list[tuple[str, int]], num_classes: int
+    name: str, train: list[tuple[str, int]], test: list[tuple[str, int]], num_classes: int,
+    resize: tuple[int, int] | None = None,
 ) -> dict:
     images = []
     size = None
     for path, _ in tqdm(train + test, desc=f"decoding {name}", unit="img", leave=False):
         array = _decode_image(name, path)
+        if resize is not None:
+            array = _cover_and_crop(array, resize)
         gray = array.ndim == 2
         if size is None:
             size, first = array.shape[:2], path
         elif array.shape[:2] != size:
             raise DataError(
                 f"dataset {name!r}: {path} is {array.shape[1]}x{array.shape[0]} but {first} is "
-                f"{size[1]}x{size[0]}; all images must share one size"
+                f"{size[1]}x{size[0]}; all images must share one size (or set dataset_kwargs.size, e.g. "
+                f"--set dataset_kwargs.size={min(size)}, to resize and center-crop them)"
             )
         images.append(array[None] if gray else array.transpose(2, 0, 1))
     channels = max(image.shape[0] for image in images)
@@ -551,12 +599,42 @@ def _decode_imagefolder(
     }
 
 
+def _cover_and_crop(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`array` resized (bilinear, aspect kept) until it covers `size` (height, width), then center-cropped to it."""
+    h, w = array.shape[:2]
+    scale = max(size[0] / h, size[1] / w)
+    covered = (max(size[1], round(w * scale)), max(size[0], round(h * scale)))  # PIL sizes are (width, height)
+    image = Image.fromarray(array)
+    if covered != (w, h):
+        image = image.resize(covered, Image.Resampling.BILINEAR)
+    left, top = (covered[0] - size[1]) // 2, (covered[1] - size[0]) // 2
+    return np.asarray(image.crop((left, top, left + size[1], top + size[0])))
+
+
+# PIL modes of one channel (decoded as grayscale); of 16-bit unsigned pixels among them; with alpha (dropped, as
+# torchvision's ImageFolder loader drops it).
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N")
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
 def _decode_image(name: str, path: str) -> np.ndarray:
-    """(H, W) grayscale or (H, W, 3) RGB uint8 pixels of one image file; DataError naming it when unreadable."""
+    """(H, W) grayscale or (H, W, 3) RGB uint8 pixels of one image file; DataError naming it when unreadable.
+
+    16-bit pixels are scaled to 8 bits (v -> round(v / 257), which inverts the usual 8-to-16-bit widening); a palette
+    image becomes RGB; an alpha channel is dropped.
+    """
     try:
         with Image.open(path) as img:
-            gray = img.mode in ("1", "L")
-            return np.asarray(img.convert("L" if gray else "RGB"))
+            if img.mode == "F":
+                raise DataError(f"dataset {name!r}: {path} holds 32-bit float pixels (PIL mode F), which have no fixed "
+                                "range: save it with 8- or 16-bit pixels")
+            if img.mode in _WIDE_MODES:
+                # PIL's own conversion of these to L clips at 255 instead of scaling: most pixels would be white.
+                wide = np.asarray(img).astype(np.int64).clip(0, 65535)
+                return ((wide + 128) // 257).astype(np.uint8)
+            return np.asarray(img.convert("L" if img.mode in _GRAY_MODES else "RGB"))
+    except DataError:
+        raise
     except Exception as err:  # noqa: BLE001 - PIL reports a bad file as OSError, SyntaxError, ValueError and more
         cause = "not an image format PIL recognizes" if isinstance(err, UnidentifiedImageError) else one_line(err)
         raise DataError(f"dataset {name!r}: cannot decode image {path}: {cause}") from None

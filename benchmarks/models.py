@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import inspect
-from collections.abc import Callable, Sequence
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
+
+from benchmarks.errors import did_you_mean, one_line
 
 
 class ModelError(ValueError):
@@ -309,6 +317,79 @@ def vit(
     return VisionTransformer(num_classes, in_shape, patch_size, dim, depth, heads, mlp_dim)
 
 
+# ---------------------------------------------------------------- sequence models: in_shape = (time steps, features)
+
+
+class RecurrentClassifier(nn.Module):
+    """A recurrent layer over the sequence, then a Linear on the last layer's final hidden state (both directions)."""
+
+    def __init__(self, rnn: nn.RNNBase, num_classes: int) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.directions = 2 if rnn.bidirectional else 1
+        self.classifier = nn.Linear(rnn.hidden_size * self.directions, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, state = self.rnn(x)
+        hidden = state[0] if isinstance(state, tuple) else state  # an LSTM's state is (h, c)
+        return self.classifier(torch.cat(list(hidden[-self.directions:]), dim=-1))
+
+
+def _recurrent(kind: type, model: str, num_classes: int, in_shape: tuple[int, ...], layers: int, hidden: int,
+               bidirectional: bool) -> nn.Module:
+    _, features = in_shape
+    layers, hidden = _positive_int(model, "layers", layers), _positive_int(model, "hidden", hidden)
+    if not isinstance(bidirectional, bool):
+        raise ModelError(f"{model}: bidirectional must be true or false, got {bidirectional!r}")
+    rnn = kind(features, hidden, layers, batch_first=True, bidirectional=bidirectional)
+    return RecurrentClassifier(rnn, num_classes)
+
+
+def lstm(num_classes: int, in_shape: tuple[int, int], *, layers: int = 1, hidden: int = 128,
+         bidirectional: bool = False) -> nn.Module:
+    """nn.LSTM sequence classifier (batch first; the classifier reads the final hidden state)."""
+    return _recurrent(nn.LSTM, "lstm", num_classes, in_shape, layers, hidden, bidirectional)
+
+
+def gru(num_classes: int, in_shape: tuple[int, int], *, layers: int = 1, hidden: int = 128,
+        bidirectional: bool = False) -> nn.Module:
+    """nn.GRU sequence classifier (batch first; the classifier reads the final hidden state)."""
+    return _recurrent(nn.GRU, "gru", num_classes, in_shape, layers, hidden, bidirectional)
+
+
+class TransformerClassifier(nn.Module):
+    """Linear embedding of each step plus a learned position embedding, nn.TransformerEncoder, mean over steps,
+    LayerNorm, Linear classifier."""
+
+    def __init__(self, num_classes: int, steps: int, features: int, dim: int, depth: int, heads: int,
+                 mlp_dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Linear(features, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, steps, dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, mlp_dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.norm(self.encoder(self.embed(x) + self.pos_embed).mean(1)))
+
+
+def transformer(num_classes: int, in_shape: tuple[int, int], *, dim: int = 64, depth: int = 2, heads: int = 4,
+                mlp_dim: int = 128) -> nn.Module:
+    """nn.TransformerEncoder sequence classifier with a learned position embedding (each step one token)."""
+    steps, features = in_shape
+    for field, value in {"dim": dim, "depth": depth, "heads": heads, "mlp_dim": mlp_dim}.items():
+        _positive_int("transformer", field, value)
+    if dim % heads:
+        raise ModelError(f"transformer: dim must be divisible by heads, got dim={dim}, heads={heads}")
+    return TransformerClassifier(num_classes, steps, features, dim, depth, heads, mlp_dim)
+
+
+# The models whose in_shape is (time steps, features); every other one takes (C, H, W).
+SEQUENCE_MODELS = {"lstm": lstm, "gru": gru, "transformer": transformer}
+
 # ---------------------------------------------------------------- registry
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -319,6 +400,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
     "resnet56": resnet56,
     "vit": vit,
+    **SEQUENCE_MODELS,
 }
 
 
@@ -330,42 +412,182 @@ def imports_code(name: str) -> bool:
 def create_model(name: str, num_classes: int, in_shape: tuple[int, int, int], **kw: Any) -> nn.Module:
     """Build model `name` (a MODELS key, 'tv:<torchvision name>' or 'module.path:factory') with options kw."""
     num_classes = _positive_int(name, "num_classes", num_classes)
-    valid = isinstance(in_shape, (tuple, list)) and len(in_shape) == 3
+    sequence = name in SEQUENCE_MODELS
+    valid = isinstance(in_shape, (tuple, list)) and len(in_shape) == (2 if sequence else 3)
     if not valid or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in in_shape):
-        raise ModelError(f"{name}: in_shape must be (C, H, W) positive integers, got {in_shape!r}")
-    in_shape = (in_shape[0], in_shape[1], in_shape[2])
+        form = "(time steps, features)" if sequence else "(C, H, W)"
+        raise ModelError(f"{name}: in_shape must be {form} positive integers, got {in_shape!r}")
+    in_shape = tuple(in_shape)
     if name in MODELS:
         constructor = MODELS[name]
         allowed = [p.name for p in inspect.signature(constructor).parameters.values() if p.kind is p.KEYWORD_ONLY]
         for key in kw:
             if key not in allowed:
-                raise ModelError(f"{name}: unknown option {key!r}; allowed: {', '.join(allowed) or 'none'}")
+                raise ModelError(f"{name}: unknown option {key!r}{did_you_mean(key, allowed)}; allowed: "
+                                 f"{', '.join(allowed) or 'none'}")
         return constructor(num_classes, in_shape, **kw)
     if name.startswith("tv:"):
         return _torchvision_model(name.removeprefix("tv:"), num_classes, in_shape, kw)
     if ":" in name:
         return _factory_model(name, num_classes, in_shape, kw)
     known = ", ".join([*MODELS, "tv:<torchvision name>", "module.path:factory"])
-    raise ModelError(f"unknown model {name!r}; known: {known}")
+    # A torchvision name without its prefix is the likeliest slip: suggest tv:<name> too.
+    names = torchvision.models.list_models(module=torchvision.models)
+    near = did_you_mean(name, [*MODELS, *(f"tv:{n}" for n in names)])
+    raise ModelError(f"unknown model {name!r}{near}; known: {known}")
+
+
+# tv: options the suite handles itself; every other one goes to torchvision's builder.
+TV_OPTIONS = ("weights", "checkpoint")
 
 
 def _torchvision_model(name: str, num_classes: int, in_shape: tuple[int, int, int], kw: dict) -> nn.Module:
     names = torchvision.models.list_models(module=torchvision.models)
     if name not in names:
         raise ModelError(
-            f"unknown torchvision model {name!r}; e.g. {', '.join(names[:8])} "
+            f"unknown torchvision model {name!r}{did_you_mean(name, names)}; e.g. {', '.join(names[:8])} "
             f"(all {len(names)}: torchvision.models.list_models(module=torchvision.models))"
         )
     # torchvision classifiers hard-code 3 input channels and would fail later, deep inside forward().
     if in_shape[0] != 3:
         raise ModelError(f"tv:{name} needs 3-channel inputs, got in_shape {in_shape}")
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kw)
+    options = {k: v for k, v in kw.items() if k not in TV_OPTIONS}
+    if "weights" in kw and "checkpoint" in kw:
+        raise ModelError(f"tv:{name}: give model_kwargs.weights or model_kwargs.checkpoint, not both")
+    weights = _tv_weights(name, kw["weights"]) if "weights" in kw else None
+    try:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
+    except (TypeError, ValueError) as err:  # an option the builder or the model class does not take
+        raise ModelError(f"tv:{name}: model_kwargs {sorted(options)} not accepted: {one_line(err)}") from None
+    if weights is not None:
+        state = _read_state(f"tv:{name}", _tv_weights_file(name, weights))
+        _load_state(f"tv:{name} weights {weights}", model, state, other_classes=len(weights.meta["categories"]))
+    if "checkpoint" in kw:
+        path = Path(str(kw["checkpoint"])).expanduser()
+        _load_state(f"tv:{name} checkpoint {path}", model, _read_state(f"tv:{name}", path))
+    return model
+
+
+def architecture(name: str, kw: Mapping[str, Any]) -> dict[str, Any]:
+    """The model options that shape the network, without those naming the weights it starts from (tv: weights and
+    checkpoint): what rebuilding a trained model needs."""
+    return {k: v for k, v in kw.items() if not (name.startswith("tv:") and k in TV_OPTIONS)}
+
+
+def start_identity(name: str, kw: Mapping[str, Any]) -> dict[str, str]:
+    """What the weights a model starts from hold beyond its name and options: a tv: checkpoint's SHA-256 (so that a
+    file changed at the same path is trained anew); empty when the model starts from nothing else."""
+    if not name.startswith("tv:") or "checkpoint" not in kw:
+        return {}
+    path = Path(str(kw["checkpoint"])).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:
+        return {}  # building the model names the missing file
+    return {"checkpoint_sha256": _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed by size and mtime too: a sweep asks for every run's identity, the file is read once while it is unchanged.
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tv_weights(name: str, value: Any) -> Any:
+    """torchvision's weights enum member that model_kwargs.weights names (DEFAULT, IMAGENET1K_V1, or Enum.MEMBER)."""
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError):
+        raise ModelError(f"tv:{name}: torchvision has no pretrained weights for it (model_kwargs.weights)") from None
+    members = list(enum.__members__)
+    member = str(value).rpartition(".")[2]
+    if member not in members:
+        raise ModelError(f"tv:{name}: model_kwargs.weights must be one of {', '.join(members)}; got {value!r}"
+                         f"{did_you_mean(member, members)}")
+    return enum[member]
+
+
+def _tv_weights_file(name: str, weights: Any) -> Path:
+    """The weights' file in torch hub's checkpoint folder, downloaded there first when absent (one-line error)."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlsplit(weights.url).path)
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(path), progress=False)
+        except Exception as err:  # noqa: BLE001 - no network, a proxy, a full disk: all mean "provide the file"
+            raise ModelError(f"tv:{name}: weights {weights} are not in the torch hub cache and could not be "
+                             f"downloaded ({one_line(err)[:120]}): put {weights.url} at {path}") from None
+    return path
+
+
+def _read_state(model: str, path: Path) -> Mapping[str, Tensor]:
+    """The state dict in file `path`, loaded with weights_only=True (a one-line error when it holds none)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - missing file, truncated file, pickled code weights_only refuses
+        raise ModelError(f"{model}: cannot load state dict {path}: {one_line(err)[:200]}") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ModelError(f"{model}: {path} does not hold a state dict (a mapping of names to tensors)")
+    return state
+
+
+def _load_state(source: str, model: nn.Module, state: Mapping[str, Tensor], other_classes: int | None = None) -> None:
+    """Load `state` into `model`, every key and shape checked; with `other_classes` (pretrained weights of that many
+    classes) the tensors whose first dimension is that count and the model's differs are left freshly initialized:
+    the classifier, fitted to this data's classes."""
+    own = model.state_dict()
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    if missing or unexpected:
+        what = f"lacks {missing[0]}" if missing else f"has {unexpected[0]}, which the model does not"
+        raise ModelError(f"{source}: does not fit the model: it {what} ({len(missing)} missing, {len(unexpected)} "
+                         "unexpected keys)")
+    kept = {}
+    for key, tensor in state.items():
+        if tensor.shape == own[key].shape:
+            kept[key] = tensor
+        elif other_classes is None or tensor.shape[:1] != (other_classes,) or tensor.shape[1:] != own[key].shape[1:]:
+            raise ModelError(f"{source}: {key} has shape {tuple(tensor.shape)} but the model's is "
+                             f"{tuple(own[key].shape)}")
+    model.load_state_dict(kept, strict=False)
 
 
 def _factory_model(name: str, num_classes: int, in_shape: tuple[int, int, int], kw: dict) -> nn.Module:
     module_name, _, attr = name.partition(":")
+    # The console script puts its own folder first on sys.path, not the current one, where a user's models live.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ModelError(f"cannot load model factory {name!r}: {err}") from err
-    return factory(num_classes=num_classes, in_shape=in_shape, **kw)
+    except Exception as err:  # noqa: BLE001 - ImportError, AttributeError, or the module's own error on import
+        raise ModelError(f"cannot load model factory {name!r}: {one_line(err, kind=True)}") from None
+    _check_factory(name, factory, kw)
+    model = factory(num_classes=num_classes, in_shape=in_shape, **kw)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _check_factory(name: str, factory: Any, kw: Mapping[str, Any]) -> None:
+    """A one-line ModelError unless `factory` takes num_classes, in_shape and the model_kwargs as keywords."""
+    if not callable(factory):
+        raise ModelError(f"model factory {name!r} is a {type(factory).__name__}, not a callable")
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: the call itself says what it lacks
+    needed = ["num_classes", "in_shape", *kw]
+    takes = {k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    anything = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    lacks = [] if anything else [key for key in needed if key not in takes]
+    if lacks:
+        raise ModelError(f"model factory {name!r} must take keyword arguments num_classes, in_shape and its "
+                         f"model_kwargs (or **kwargs); it lacks {', '.join(lacks)}")
+    required = [k for k, p in params.items() if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD,
+                p.KEYWORD_ONLY, p.POSITIONAL_ONLY) and k not in needed and k not in kw]
+    if required:
+        raise ModelError(f"model factory {name!r} requires {', '.join(required)}, which the suite does not pass: "
+                         "give it a default or set it in model_kwargs")

@@ -3,8 +3,8 @@
 from lorita.compose import collapse, low_rank, overparameterize
 from lorita.counting import count_flops_params
 from lorita.factorize import factorize, truncate, unfactorize
-from lorita.ranks import plan_ranks, planned_layers, scaled_ranks
+from lorita.ranks import UnreachableTarget, plan_ranks, planned_layers, scaled_ranks
 from lorita.spectra import spectra
 
-__all__ = ["collapse", "count_flops_params", "factorize", "low_rank", "overparameterize", "plan_ranks",
-           "planned_layers", "scaled_ranks", "spectra", "truncate", "unfactorize"]
+__all__ = ["UnreachableTarget", "collapse", "count_flops_params", "factorize", "low_rank", "overparameterize",
+           "plan_ranks", "planned_layers", "scaled_ranks", "spectra", "truncate", "unfactorize"]

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorita.linalg import reduced_svd
+from lorita.matrices import read_matrices
+from lorita.product import collapse_, compose_, factor_tensors, has_products, is_product, spectral_values
 
 MODES = ("auto", "activation", "weight")
 # How the factors start: PyTorch's default init each, or from the SVD of the layer's own weight (Khodak et al.).
@@ -168,8 +169,17 @@ def conv_output_size(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int
 
 
 def is_composed(model: nn.Module) -> bool:
-    """True when `model` still holds LoRITa composed layers (collapse it before compressing)."""
-    return any(isinstance(m, COMPOSED) for m in model.modules())
+    """True when `model` still holds LoRITa composed layers or weights (collapse it before compressing)."""
+    return any(isinstance(m, COMPOSED) or has_products(m) for m in model.modules())
+
+
+def composed_factors(model: nn.Module) -> dict[str, list[torch.Tensor]]:
+    """The factor weights of every composed layer and composed read-directly matrix, first applied first, by name."""
+    factors = {name: [f.weight for f in module.factors] for name, module in model.named_modules()
+               if isinstance(module, COMPOSED)}
+    factors.update({name: factor_tensors(m.owner, m.slot.param) for name, m in read_matrices(model).items()
+                    if is_product(m.owner, m.slot.param)})
+    return factors
 
 
 def matches_any(name: str, patterns: Sequence[str] | None) -> bool:
@@ -191,8 +201,9 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def weight_read_directly(model: nn.Module) -> set[str]:
-    """Names of Linears whose weight a parent reads itself (MultiheadAttention, Swin): replacing them breaks it."""
-    names = set()
+    """Names of Linears whose weight a parent reads itself (MultiheadAttention, the encoder layer's fast path, Swin):
+    replacing them breaks it. Those lorita.matrices lists are composed and compressed as matrices."""
+    names = {name for name, m in read_matrices(model).items() if m.slot.param == "weight"}
     for name, module in model.named_modules():
         if isinstance(module, _WEIGHT_READERS) or type(module).__name__ in _WEIGHT_READER_NAMES:
             prefix = f"{name}." if name else ""
@@ -208,6 +219,11 @@ def _check_model(model) -> None:
 def overparameterize(model: nn.Module, factors: int, *, include: Sequence[str] | None = None,
                      exclude: Sequence[str] | None = None, mode: str = "auto", init: str = "default") -> nn.Module:
     """A copy of `model` whose Linear/Conv2d layers are each a product of `factors` linear maps.
+
+    The weights a module reads itself (lorita.matrices: nn.LSTM/GRU/RNN's weight_ih_l*/weight_hh_l*,
+    nn.MultiheadAttention's in_proj_weight and out_proj, nn.TransformerEncoderLayer's linear1/linear2) become products
+    of `factors` factors too, through torch.nn.utils.parametrize (lorita.product): the module keeps its type and its
+    fused kernels, and forms each weight from its factors (mode "weight") on every forward.
 
     init: "default" draws every factor with PyTorch's default init; "spectral" (Khodak, Tenenholtz, Mackey, Fusi,
     ICLR 2021) sets them from the SVD W = U S V^T of the layer's own weight, U S^(1/N) last, S^(1/N) V^T first and
@@ -226,12 +242,16 @@ def overparameterize(model: nn.Module, factors: int, *, include: Sequence[str] |
     model = copy.deepcopy(model)
     if factors == 1:
         return model
-    read_directly = weight_read_directly(model)
+    read_directly, matrices = weight_read_directly(model), read_matrices(model)
+
+    def chosen(name: str) -> bool:
+        return (include is None or matches_any(name, include)) and not matches_any(name, exclude)
+
     skipped, targets = [], []
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)) or isinstance(module, COMPOSED):
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or isinstance(module, COMPOSED) or name in matrices:
             continue
-        if (include is not None and not matches_any(name, include)) or matches_any(name, exclude):
+        if not chosen(name):
             continue
         if name in read_directly:
             skipped.append(f"{name} (weight read directly by its parent)")
@@ -244,17 +264,25 @@ def overparameterize(model: nn.Module, factors: int, *, include: Sequence[str] |
         if init == "spectral":
             _spectral_(composed, module)
         _set_module(model, name, composed)
+    for name, matrix in matrices.items():
+        if chosen(name):
+            width = _square_width(name, matrix.weight.shape[1])
+            compose_(matrix.owner, matrix.slot.param, factors, width=width, init=init)
     if skipped:
         warnings.warn(f"overparameterize left {len(skipped)} layer(s) alone: {', '.join(skipped)}", stacklevel=2)
     return model
 
 
-def _compose(name: str, module: nn.Module, factors: int, mode: str) -> nn.Module:
-    # The square factor is in x in for a Linear and out x out (1x1) for a conv.
-    width = module.in_features if isinstance(module, nn.Linear) else module.out_channels
+def _square_width(name: str, width: int) -> int:
     if width**2 > MAX_FACTOR_PARAMS:
         raise ValueError(f"layer {name!r}: a {width}x{width} factor would hold {width**2 / 1e6:.0f} M parameters "
                          f"(limit {MAX_FACTOR_PARAMS / 1e6:.0f} M); leave it out with exclude=[{name!r}]")
+    return width
+
+
+def _compose(name: str, module: nn.Module, factors: int, mode: str) -> nn.Module:
+    # The square factor is in x in for a Linear (and a read-directly matrix) and out x out (1x1) for a conv.
+    _square_width(name, module.in_features if isinstance(module, nn.Linear) else module.out_channels)
     if isinstance(module, nn.Linear):
         return ComposedLinear(module.in_features, module.out_features, factors, bias=module.bias is not None,
                               mode=mode, device=module.weight.device, dtype=module.weight.dtype)
@@ -267,18 +295,8 @@ def _spectral_(composed: nn.Module, layer: nn.Linear | nn.Conv2d) -> None:
 
     Factors narrower than the weight's rank hold its best approximation of their width (the truncated SVD).
     """
-    u, s, vh = reduced_svd(layer.weight.detach().to("cpu", torch.float64).flatten(1))
-    first = composed.factors[0].weight.shape[0]
-    rank = min(len(s), first)
-    root = s[:rank].pow(1 / len(composed.factors))
-    # Every factor's inner width (in for a Linear, out for a conv, unless narrowed) is at least the kept rank; the
-    # rows and columns beyond it start at zero and, their gradient being zero, stay zero: the factorization is Khodak
-    # et al.'s rank min(out, fan_in) U V^T, zero-padded as in their code.
-    values = [torch.zeros(factor.weight.flatten(1).shape, dtype=torch.float64) for factor in composed.factors]
-    values[0][:rank] = root[:, None] * vh[:rank]
-    for middle in values[1:-1]:
-        middle[:rank, :rank] = torch.diag(root)
-    values[-1][:, :rank] = u[:, :rank] * root
+    values = spectral_values(layer.weight.detach().to("cpu", torch.float64).flatten(1),
+                             [tuple(factor.weight.flatten(1).shape) for factor in composed.factors])
     for factor, value in zip(composed.factors, values, strict=True):
         factor.weight.copy_(value.reshape(factor.weight.shape))
     if layer.bias is not None:
@@ -310,6 +328,18 @@ def low_rank(layer: nn.Linear | nn.Conv2d, rank: int, *, mode: str = "auto") -> 
     return composed
 
 
+def make_low_rank_(model: nn.Module, name: str, rank: int, *, mode: str = "auto") -> None:
+    """In place, the layer or read-directly matrix `name` of `model` as two factors of width `rank` (see low_rank)."""
+    matrix = read_matrices(model).get(name)
+    if matrix is None:
+        model.set_submodule(name, low_rank(model.get_submodule(name), rank, mode=mode))
+        return
+    limit = min(matrix.weight.shape)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
+        raise ValueError(f"rank must be an int in [1, {limit}]; got {rank!r}")
+    compose_(matrix.owner, matrix.slot.param, 2, width=rank, init="spectral")
+
+
 def set_mode(model: nn.Module, mode: str) -> nn.Module:
     """Switch every composed layer of `model` to `mode` in place (same function, other cost)."""
     _check_mode(mode)
@@ -327,6 +357,9 @@ def collapse(model: nn.Module) -> nn.Module:
     for name, module in list(model.named_modules()):
         if isinstance(module, COMPOSED):
             _set_module(model, name, _collapsed(module))
+    for module in list(model.modules()):
+        if has_products(module):
+            collapse_(module)
     return model
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +11,7 @@ from torch import nn
 from lorita._validate import checked_ranks, lowrank_layers
 from lorita.counting import count_flops_params
 from lorita.forward import probe
+from lorita.matrices import Matrix, input_rows
 from lorita.spectra import model_cache, weight_matrix
 
 
@@ -44,6 +45,28 @@ class LayerCost:
 
 
 @dataclass(frozen=True)
+class PlanCost:
+    """A cost that FLOPs and parameters do not give, such as measured latency, for plan_ranks to plan against.
+
+    `layer(name, None)` is what the layer costs as it is, `layer(name, r)` what its two thin layers cost at rank r
+    (not increasing as r falls); `base` is the whole model as it is. A layer is split only where the pair is cheaper
+    than the layer (`split`), so a plan's cost is `base` less, per split layer, the difference.
+    """
+
+    base: float
+    layer: Callable[[str, int | None], float]
+
+    def split(self, name: str, rank: int) -> bool:
+        """Whether layer `name` at `rank` is cheaper as two thin layers."""
+        return self.layer(name, rank) < self.layer(name, None)
+
+    def price(self, name: str, rank: int | None) -> float:
+        """The layer's cost in a plan: as it is (rank None), or the cheaper of itself and its pair at `rank`."""
+        whole = self.layer(name, None)
+        return whole if rank is None else min(whole, self.layer(name, rank))
+
+
+@dataclass(frozen=True)
 class Profile:
     """A model's fvcore totals and the cost facts of each layer a rank plan may name."""
 
@@ -52,18 +75,28 @@ class Profile:
     layers: dict[str, LayerCost]
 
 
-def _positions(model: nn.Module, layers: Mapping[str, nn.Module], example_input: torch.Tensor) -> dict[str, int]:
+def _positions(model: nn.Module, layers: Mapping[str, nn.Module | Matrix],
+               example_input: torch.Tensor) -> dict[str, int]:
     positions = dict.fromkeys(layers, 0)
+    # A layer's positions are its output rows; a matrix a module reads is applied to every row its reader is given
+    # (each token, each time step of each sequence), so one hook on the reader counts all of its matrices.
+    counted: dict[nn.Module, list] = {}
+    for name, layer in layers.items():
+        if isinstance(layer, Matrix):
+            counted.setdefault(layer.reader, []).append((name, lambda args, output: input_rows(args)))
+        else:
+            width = weight_matrix(layer.weight).shape[0]
+            counted.setdefault(layer, []).append((name, lambda args, output, w=width: output.numel() // w))
 
-    def record(name: str, width: int):
+    def record(entries: list):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            positions[name] += output.numel() // width
+            for name, rows in entries:
+                positions[name] += rows(args, output)
 
         return hook
 
     # Eval mode, as fvcore counts: the shapes come from the same kind of pass.
-    probe(model, example_input, {layer: record(name, weight_matrix(layer.weight).shape[0])
-                                 for name, layer in layers.items()})
+    probe(model, example_input, {module: record(entries) for module, entries in counted.items()})
     return positions
 
 

@@ -49,12 +49,31 @@ def _baddbmm_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     return batch * rows * inner * get_shape(inputs[2])[-1]
 
 
-# fvcore's defaults miss the attention ops of F.scaled_dot_product_attention and nn.MultiheadAttention (both paths);
-# set once here so every count in the suite sees them.
+def _recurrent_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    # aten::lstm / gru / rnn_tanh / rnn_relu run every layer and direction over the whole sequence in one op, which
+    # fvcore counts as 0. Each 2-D weight of its flat weight list (weight_ih, weight_hh, and an LSTM's weight_hr) is
+    # applied once per time step and sequence: rows x out x in multiply-adds; gates and biases are elementwise.
+    # Schemas: .input(input, hx, params, ...), batch_first or not, (time, batch) rows either way; .data(data,
+    # batch_sizes, hx, params, ...) for a PackedSequence, counted at its padded length: longest x batch.
+    first = get_shape(inputs[1])
+    packed = first is not None and len(first) == 1  # batch_sizes, where the .input schema has the state
+    params = inputs[3 if packed else 2].node().inputs()
+    if packed:
+        hx = inputs[2]
+        state = get_shape(hx) if get_shape(hx) is not None else get_shape(next(iter(hx.node().inputs())))
+        rows = first[0] * state[1]
+    else:
+        rows = math.prod(get_shape(inputs[0])[:-1])
+    return rows * sum(math.prod(shape) for shape in map(get_shape, params) if len(shape) == 2)
+
+
+# fvcore's defaults miss the attention ops of F.scaled_dot_product_attention and nn.MultiheadAttention (both paths)
+# and the fused recurrent ops; set once here so every count in the suite sees them.
 _EXTRA_HANDLES = {
     "aten::scaled_dot_product_attention": _sdpa_flop_jit,
     "aten::_native_multi_head_attention": _native_mha_flop_jit,
     "aten::baddbmm": _baddbmm_flop_jit,
+    **{f"aten::{op}": _recurrent_flop_jit for op in ("lstm", "gru", "rnn_tanh", "rnn_relu")},
 }
 
 

@@ -29,8 +29,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lorita._validate import lowrank_layers
 from lorita.costs import LayerCost
 from lorita.linalg import reduced_svd
+from lorita.matrices import Matrix
 from lorita.spectra import weight_matrix
 
 # A cut removes this fraction of the ranks a layer keeps (rounded up): the authors' first step on ResNet-20's 64-wide
@@ -46,7 +48,7 @@ Cost = Callable[[LayerCost, int | None], int]
 class _Layer:
     """One cuttable layer of the working copy: its SVD factors, where its cuts start and where it stands."""
 
-    module: nn.Linear | nn.Conv2d
+    module: nn.Linear | nn.Conv2d | Matrix  # what holds the weight the cuts overwrite
     left: torch.Tensor  # U S (out x k), in the layer's dtype and on its device
     right: torch.Tensor  # V^T (k x fan_in)
     top: int  # the highest rank at which the layer is cheaper as two thin layers
@@ -63,7 +65,7 @@ def _top(cost: LayerCost) -> int:
     return (cost.out * cost.fan_in - 1) // (cost.out + cost.fan_in)
 
 
-def _layer(module: nn.Linear | nn.Conv2d, cost: LayerCost) -> _Layer:
+def _layer(module: nn.Linear | nn.Conv2d | Matrix, cost: LayerCost) -> _Layer:
     weight = module.weight.detach()
     # One SVD per layer for the whole search, in float64 on the CPU as factorize computes it.
     u, s, vh = reduced_svd(weight_matrix(weight).to("cpu", torch.float64))
@@ -85,7 +87,8 @@ def greedy_ranks(model: nn.Module, layers: Mapping[str, LayerCost], base: int, c
     """
     work = copy.deepcopy(model).eval()
     ranks = {name: min(c.out, c.fan_in) for name, c in layers.items()}
-    cuttable = {name: _layer(work.get_submodule(name), c) for name, c in layers.items() if _top(c) >= 1}
+    held = lowrank_layers(work)
+    cuttable = {name: _layer(held[name], c) for name, c in layers.items() if _top(c) >= 1}
 
     def saving(name: str, rank: int) -> int:
         return cost(layers[name], None) - cost(layers[name], rank)

@@ -1,4 +1,4 @@
-"""Singular values of every Linear/Conv2d weight, cached per model state."""
+"""Singular values of every Linear/Conv2d weight and read-directly matrix, cached per model state."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lorita.compose import COMPOSED
+from lorita.matrices import read_matrices
 
 
 def weight_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -65,11 +66,14 @@ def _layer_weights(model: nn.Module) -> dict[str, torch.Tensor]:
             composed_prefixes += (f"{name}.",)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             weights[name] = module.weight
+    # The weights modules read themselves (recurrent, attention): a composed one reads as its product.
+    weights.update({name: matrix.weight for name, matrix in read_matrices(model).items()})
     return weights
 
 
 def spectra(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Descending singular values (float64, CPU) of every Linear/Conv2d weight, keyed by module name.
+    """Descending singular values (float64, CPU) of every Linear/Conv2d weight, keyed by module name, and of every
+    matrix a module reads itself (lorita.matrices: recurrent weight_ih_l*/weight_hh_l*, attention projections).
 
     On a composed model (lorita.compose), those of each composed layer's product weight, keyed by the composed
     layer's name. Conv weights are viewed as out x (in/groups)*kh*kw. Computed once per model state: any update

@@ -12,9 +12,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from benchmarks import tracking
+from benchmarks.config import BUDGET_FIELDS
 from benchmarks.tracking import schema
-from reports import collect, figures, tables, tuning
-from reports.document import Block, Bullets, Heading, Image, Paragraph, Table, html_page, markdown
+from reports import budget, collect, figures, latency, links, tables, tuning
+from reports.document import Block, Bullets, Heading, Image, Paragraph, Runs, Table, html_page, markdown
 
 TITLE = "LoRITa benchmark report"
 ENV_NAMES = {schema.TAG_TORCH_VERSION: "torch", schema.TAG_GIT_COMMIT: "git commit", schema.TAG_CPU_MODEL: "CPU",
@@ -43,27 +44,37 @@ class ReportSummary:
 
 @dataclass
 class _Output:
-    """Where figures and tables go, and every file written so far."""
+    """Where figures and tables go, every file written so far, and where run links point."""
 
     figure_dir: Path
     table_dir: Path
+    ui: str
     figures: list[Path] = field(default_factory=list)
     tables: list[Path] = field(default_factory=list)
     # Runs whose artifacts a figure needed and the store no longer has: listed in the report, not fatal to it.
     missing: list[collect.ArtifactGone] = field(default_factory=list)
 
-    def figure(self, fig: Figure, stem: str, caption: str) -> Image:
+    def figure(self, fig: Figure, stem: str, caption: str, runs: pd.DataFrame) -> list[Block]:
+        """The figure, and the runs drawn in it."""
         self.figures += figures.save(fig, self.figure_dir / stem)
-        return Image(self.figure_dir / f"{stem}.png", caption)
+        return [Image(self.figure_dir / f"{stem}.png", caption), self.runs(runs, "figure")]
 
-    def table(self, grid: tables.Grid, stem: str) -> Paragraph:
+    def table(self, grid: tables.Grid, stem: str, runs: pd.DataFrame) -> list[Block]:
+        """The table in the report, its LaTeX files, and the runs behind it."""
         fragment = tables.latex_fragment(grid, f"tab:{stem}")
         paths = [self.table_dir / f"{stem}.tex", self.table_dir / f"{stem}_standalone.tex"]
         paths[0].write_text(fragment, encoding="utf-8")
         paths[1].write_text(tables.latex_document(fragment), encoding="utf-8")
         self.tables += paths
-        return Paragraph(f"LaTeX: tables/{paths[0].name} (fragment, needs booktabs), tables/{paths[1].name} "
-                         "(compilable document).")
+        packages = ", ".join(tables.LATEX_PACKAGES)
+        return [Table(grid), Paragraph(f"LaTeX: tables/{paths[0].name} (fragment, needs {packages}), "
+                                       f"tables/{paths[1].name} (compilable document)."), self.runs(runs, "table")]
+
+    def runs(self, runs: pd.DataFrame, what: str) -> Runs:
+        order = collect.label_order(runs)
+        ordered = runs.assign(_order=runs["label"].map(order)).sort_values(
+            ["_order", "target_metric", "target", "seed"], na_position="first", kind="stable")
+        return Runs(what, links.run_links(ordered, self.ui))
 
 
 def slug(text: str) -> str:
@@ -85,70 +96,154 @@ def _software(runs: pd.DataFrame) -> list[str]:
     return items
 
 
-def _comparison(first: pd.Series) -> tuple[str, str]:
-    """(name, file stem) of the comparison (model, dataset, budget hash) a row belongs to."""
-    return (f"{first['model_label']} on {first['dataset']}, budget {first['budget_hash']}",
+def budget_names(runs: pd.DataFrame) -> dict[str, str]:
+    """{budget hash: how captions tell it apart}: '' where one budget has its model and dataset alone, else the
+    fields in which it differs from the others (and 'tuned' for a tuned comparison)."""
+    names: dict[str, str] = {}
+    for _, same in runs.groupby(["model_label", "dataset"], sort=False):
+        budgets = same.drop_duplicates("budget_hash").set_index("budget_hash")
+        fields = [name for name in BUDGET_FIELDS if budgets[f"budget.{name}"].astype(str).nunique() > 1]
+        for budget_hash, row in budgets.iterrows():
+            parts = ["tuned"] if row["tuned"] else []
+            parts += [f"{budget.readable(name).lower()} {row[f'budget.{name}']}" for name in fields]
+            if len(budgets) > 1 and not parts:
+                parts = [f"budget {list(budgets.index).index(budget_hash) + 1} of {len(budgets)}"]
+            names[str(budget_hash)] = ", ".join(parts) if len(budgets) > 1 or row["tuned"] else ""
+    return names
+
+
+def _comparison(first: pd.Series, budgets: dict[str, str]) -> tuple[str, str, str]:
+    """(caption name, heading, file stem) of the comparison (model, dataset, budget) a row belongs to. Captions carry
+    no hash: the budget table does."""
+    which = budgets.get(str(first["budget_hash"]), "")
+    name = f"{first['model_label']} on {first['dataset']}" + (f" ({which})" if which else "")
+    return (name, f"{name}, budget {first['budget_hash']}",
             f"{slug(first['model_label'])}__{slug(first['dataset'])}__{first['budget_hash']}")
 
 
-def _group_blocks(runs: pd.DataFrame, out: _Output) -> list[Block]:
+def _stats_note(runs: pd.DataFrame) -> str:
+    """'mean ± sample std over 2 seeds (0, 1)', or 'seed 0 (one run each)'."""
+    seeds = figures.seeds_text(runs["seed"])
+    return f"mean ± sample std over {seeds}" if runs["seed"].nunique() > 1 else f"{seeds}, one run per point"
+
+
+def _reference_note(runs: pd.DataFrame) -> str:
+    reference = runs[runs["reference"].astype(bool)]
+    return f" dotted line: {reference['label'].iloc[0]}." if not reference.empty else ""
+
+
+def _na_note(runs: pd.DataFrame) -> str:
+    na = runs[collect.not_applicable(runs)]
+    return (f" Not drawn: {', '.join(collect.ordered_labels(na))} (not applicable to this model: see the table)."
+            if not na.empty else "")
+
+
+def _group_blocks(runs: pd.DataFrame, out: _Output, budgets: dict[str, str]) -> list[Block]:
     first = runs.iloc[0]
-    name, stem = _comparison(first)
-    seeds = _seeds(runs)
+    name, heading, stem = _comparison(first, budgets)
+    stats = _stats_note(runs)
     compressed = runs[runs["target"].notna()]
     targets = ", ".join(tables.target_title(m, t) for m, t in
                         sorted(compressed.groupby(["target_metric", "target"]).groups))
     blocks: list[Block] = [
-        Heading(2, name),
-        Paragraph(f"{len(runs)} finished runs on dataset {first['dataset']}, seeds {seeds}; methods: "
+        Heading(2, heading),
+        Paragraph(f"{len(runs)} finished runs on dataset {first['dataset']}, seeds {_seeds(runs)}; methods: "
                   f"{', '.join(collect.ordered_labels(runs))}; targets: {targets or 'none'}."),
         Bullets(_software(runs)),
     ]
     if first["tuned"]:
         blocks.append(Paragraph("Tuned comparison: each method ran with the values its own study selected on "
                                 "validation data (see Tuning); these numbers are on the test split."))
+    drawn = figures.measured(compressed)
     if not compressed.empty:
-        for drop, kind in ((schema.FLOPS_DROP, "flops"), (schema.PARAMS_DROP, "params")):
-            what = figures.DROP_NAMES[drop]
-            fig = figures.tradeoff_figure(runs, drop, f"{name}\naccuracy vs achieved {what} drop")
-            blocks += [Heading(3, f"Accuracy vs achieved {what} drop"), out.figure(
-                fig, f"acc_vs_{kind}__{stem}", f"{name}: test accuracy after fine-tuning vs achieved {what} drop, "
-                f"mean ± std over seeds {seeds}; circled points are Pareto-optimal; dotted line: dense.")]
-        caption = (f"{name}: mean ± sample std over seeds {seeds}. Base acc.: the dense model of the same budget and "
-                   "seed; Acc.: after compression and fine-tuning; Δ: their difference; drops are achieved values. "
-                   "Best per column in bold.")
-        grid = tables.result_grid(runs, caption)
-        blocks += [Heading(3, "Results"), Table(grid), out.table(grid, f"results__{stem}")]
+        grid = tables.result_grid(runs, f"{name}: test accuracy before and after fine-tuning, FLOPs and parameters; "
+                                        f"{stats}.")
+        blocks += [Heading(3, "Results"), *out.table(grid, f"results__{stem}", runs)]
+        if not drawn.empty:
+            for drop, kind in ((schema.FLOPS_DROP, "flops"), (schema.PARAMS_DROP, "params")):
+                what = figures.DROP_NAMES[drop]
+                fig = figures.tradeoff_figure(runs, drop, f"{name}\naccuracy vs achieved {what} drop")
+                blocks += [Heading(3, f"Accuracy vs achieved {what} drop"), *out.figure(
+                    fig, f"acc_vs_{kind}__{stem}", f"{name}: test accuracy after fine-tuning vs achieved {what} "
+                    f"drop, {stats} (bars clipped at 100 %); ringed points are Pareto-optimal, drops within "
+                    f"{100 * figures.PARETO_TOLERANCE:g} pp counting as equal; methods at one target are drawn "
+                    f"{figures.DODGE_PT:g} pt apart.{_reference_note(runs)}{_na_note(runs)}",
+                    pd.concat([drawn, runs[runs["reference"].astype(bool)]]))]
+        blocks += _latency_blocks(runs, name, stem, out)
     blocks += _trained_model_blocks(runs, name, stem, out)
-    grid = tables.budget_grid(runs, f"The budget behind every run of {name}.")
-    return blocks + [Heading(3, "Budget"), Table(grid), out.table(grid, f"budget__{stem}")]
+    grid = budget.budget_grid(runs, f"The budget behind every run of {name}.")
+    return blocks + [Heading(3, "Budget"), *out.table(grid, f"budget__{stem}", runs)]
+
+
+def _latency_blocks(runs: pd.DataFrame, name: str, stem: str, out: _Output) -> list[Block]:
+    """The latency table, accuracy against measured speed-up, and predicted against measured latency."""
+    batches = latency.shown_batches(runs)
+    shown = " and ".join(str(b) for b in batches)
+    grid = tables.latency_grid(runs, f"{name}: latency and measured speed-up at batch {shown}; median over "
+                                     f"{figures.seeds_text(runs['seed'])}.")
+    if grid is None:
+        return []
+    blocks: list[Block] = [Heading(3, "Latency"), *out.table(grid, f"latency__{stem}", runs)]
+    drawn = figures.measured(runs[runs["target"].notna()])
+    if not drawn.empty:
+        loaded = " Some latencies were measured under load (see the latency table)." if runs["under_load"].any() else ""
+        blocks += [Heading(3, "Accuracy vs measured speed-up"), *out.figure(
+            figures.speedup_figure(runs, batches, f"{name}\naccuracy vs measured speed-up"), f"acc_vs_speedup__{stem}",
+            f"{name}: test accuracy after fine-tuning vs measured speed-up over the uncompressed model, a panel per "
+            f"batch size: accuracy {_stats_note(runs)}, speed-up the median over seeds (log scale; bars from the "
+            f"lowest to the highest seed); {tables.speedup_note(runs, batches)}.{loaded}"
+            f"{_reference_note(runs)}{_na_note(runs)}", runs[~collect.not_applicable(runs)])]
+    predicted = figures.has_predictions(runs, batches)
+    if predicted:
+        with_pred = runs[pd.concat([latency.column(runs, schema.latency_at("pred_ms", b)).notna()
+                                    for b in predicted], axis=1).any(axis=1)]
+        blocks += [Heading(3, "Predicted vs measured latency"), *out.figure(
+            figures.prediction_figure(runs, predicted, f"{name}\npredicted vs measured latency"),
+            f"latency_prediction__{stem}", f"{name}: the latency table's predicted end-to-end latency against the "
+            "measured median, each run a point, log scales; the band is ±15 %; hollow markers were measured under "
+            "load.", with_pred)]
+    return blocks
 
 
 def _trained_model_blocks(runs: pd.DataFrame, name: str, stem: str, out: _Output) -> list[Block]:
     """Spectra, accuracy vs singular values kept, training time: properties of the trained models."""
     blocks: list[Block] = []
+    models = collect.trained_models(runs)
     spectra, missing = collect.load_spectra(runs)
     out.missing += missing
     if spectra:
-        blocks += [Heading(3, "Singular-value spectra of the trained models"), out.figure(
-            figures.spectra_figure(spectra, f"{name}\nnormalized singular values per layer"), f"spectra__{stem}",
-            f"{name}: singular values of each trained (collapsed) layer over the largest, log scale, per N; "
-            "LoRITa's composition should make them fall faster.")]
+        first = next(iter(next(iter(spectra.values())).values()))
+        layers = collect.compressed_layers(runs, list(first))
+        drawn = [f"N={n}: {figures.seeds_text(seeds)}" for n, seeds in sorted(spectra.items())]
+        if layers:
+            shown = figures.MAX_SPECTRA_PANELS if len(layers) > figures.MAX_SPECTRA_PANELS else len(layers)
+            blocks += [Heading(3, "Singular-value spectra of the trained models"), *out.figure(
+                figures.spectra_figure(spectra, layers, f"{name}\nnormalized singular values per layer"),
+                f"spectra__{stem}", f"{name}: singular values of each trained (collapsed) layer that compression may "
+                f"truncate ({shown} of {len(layers)} shown; the classifier and other excluded layers left out) over "
+                "its largest, log scale, one y-range; a line per N, the mean over seeds, the band from the lowest "
+                f"to the highest seed ({'; '.join(drawn)}). LoRITa's composition should make them fall faster.",
+                models[models["run_id"].isin(_spectra_runs(models, spectra))])]
     curves = collect.load_keep_curves(runs)
     if not curves.empty:
-        blocks += [Heading(3, "Accuracy vs singular values kept"), out.figure(
+        blocks += [Heading(3, "Accuracy vs singular values kept"), *out.figure(
             figures.keep_figure(curves, f"{name}\naccuracy vs fraction of singular values kept"),
             f"acc_vs_keep__{stem}", f"{name}: test accuracy after keeping a fraction of every layer's singular "
-            f"values (classifier excluded), no fine-tuning; mean ± std over seeds.")]
-    ratios = collect.train_time_ratios(runs)
+            f"values (classifier excluded), no fine-tuning; {_stats_note(curves)}.", models)]
+    times, ratios = collect.train_times(runs), collect.train_time_ratios(runs)
     if not ratios.empty:
-        blocks += [Heading(3, "Training time"), out.figure(
-            figures.train_time_figure(ratios, f"{name}\nLoRITa training time relative to dense"),
-            f"train_time__{stem}", f"{name}: train_time_s of LoRITa over the dense model's of the same seed, "
-            "mean ± std over seeds. train_time_s is the recorded wall time of training: it includes per-epoch "
-            "logging and, for the first model a process trains, one-off start-up costs, so only runs long enough "
-            "to dwarf those compare training cost.")]
+        blocks += [Heading(3, "Training time"), *out.figure(
+            figures.train_time_figure(times, ratios, f"{name}\ntraining time, absolute and relative to dense"),
+            f"train_time__{stem}", f"{name}: train_time_s per N in seconds (left) and of LoRITa over the dense "
+            f"model's of the same seed (right), {_stats_note(times)}. train_time_s is the recorded wall time of "
+            "training: it includes per-epoch logging and, for the first model a process trains, one-off start-up "
+            "costs, so only runs long enough to dwarf those compare training cost.", models)]
     return blocks
+
+
+def _spectra_runs(models: pd.DataFrame, spectra: collect.Spectra) -> list[str]:
+    """Run ids of the trained models whose spectra were drawn."""
+    return [row.run_id for row in models.itertuples() if int(row.seed) in spectra.get(int(row.factors), {})]
 
 
 def _imported_blocks(imported: pd.DataFrame, out: _Output) -> list[Block]:
@@ -163,18 +258,19 @@ def _imported_blocks(imported: pd.DataFrame, out: _Output) -> list[Block]:
     for _, runs in imported.groupby(collect.IMPORTED_GROUP, sort=True):
         first = runs.iloc[0]
         checkpoint = first["trained_from"][:12]
-        name = (f"{first['model_label']} N={first['factors']} on {first['dataset']}, checkpoint {checkpoint}, "
-                f"budget {first['budget_hash']}")
+        name = f"{first['model_label']} N={first['factors']} on {first['dataset']}, the authors' checkpoint"
         stem = f"imported__{slug(first['model_label'])}__{slug(first['dataset'])}__{checkpoint}__{first['budget_hash']}"
-        seeds = _seeds(runs)
-        grid = tables.imported_grid(runs, f"{name}: test accuracy of the imported model, after compression and after "
-                                          f"fine-tuning, and the achieved drops; mean ± sample std over seeds {seeds}.")
-        blocks += [Heading(3, name), Paragraph(
-            f"{len(runs)} finished runs of checkpoint SHA-256 {first['trained_from']}, seeds {seeds}, "
-            f"{first['budget.finetune_epochs']} fine-tuning epochs."), out.figure(
+        stats = _stats_note(runs)
+        grid = tables.result_grid(runs, f"{name}: test accuracy of the imported model, after compression and after "
+                                        f"fine-tuning, FLOPs and parameters; {stats}.",
+                                  reference=tables.imported_reference(runs))
+        grid.notes.append(f"Checkpoint SHA-256: {first['trained_from']}; budget {first['budget_hash']}.")
+        blocks += [Heading(3, f"{name} {checkpoint}, budget {first['budget_hash']}"), Paragraph(
+            f"{len(runs)} finished runs of checkpoint SHA-256 {first['trained_from']}, seeds {_seeds(runs)}, "
+            f"{first['budget.finetune_epochs']} fine-tuning epochs."), *out.figure(
             figures.imported_figure(runs, f"{name}\naccuracy vs achieved FLOPs drop"), stem,
-            f"{name}: test accuracy vs achieved FLOPs drop before (dashed) and after (solid) fine-tuning, mean ± std "
-            f"over seeds {seeds}; dotted line: the imported model."), Table(grid), out.table(grid, stem)]
+            f"{name}: test accuracy vs achieved FLOPs drop before (dashed) and after (solid) fine-tuning, {stats}; "
+            "dotted line: the imported model.", runs), *out.table(grid, stem, runs)]
     return blocks
 
 
@@ -186,19 +282,18 @@ def _ablation_blocks(done: pd.DataFrame, out: _Output) -> list[Block]:
         fig = figures.ablation_figure(runs, "weight_decay", "weight decay", f"{name}\naccuracy vs weight decay",
                                       log_x=True)
         stem = f"ablation_weight_decay__{slug(first['model_label'])}__{slug(first['dataset'])}__{first['budget_rest']}"
-        blocks += [Heading(3, f"Weight decay: {name}"), out.figure(
-            fig, stem, f"{name}: accuracy after fine-tuning vs weight decay; budgets otherwise identical "
-            f"({', '.join(sorted(runs['budget_hash'].unique()))}); mean ± std over seeds {_seeds(runs)}.")]
+        blocks += [Heading(3, f"Weight decay: {name}"), *out.figure(
+            fig, stem, f"{name}: accuracy after fine-tuning vs weight decay, budgets otherwise identical; "
+            f"{_stats_note(runs)}.", runs)]
     for runs in collect.depth_ablations(done):
         first = runs.iloc[0]
         rest = {k: v for k, v in json.loads(first["rest"]).items() if k != "layers"}
-        name = f"{collect.model_label(first['model'], rest)} on {first['dataset']}, budget {first['budget_hash']}"
+        name = f"{collect.model_label(first['model'], rest)} on {first['dataset']}"
         stem = (f"ablation_depth__{slug(collect.model_label(first['model'], rest))}__{slug(first['dataset'])}__"
                 f"{first['budget_hash']}")
         fig = figures.ablation_figure(runs, "layers", "depth (layers)", f"{name}\naccuracy vs depth", log_x=False)
-        blocks += [Heading(3, f"Depth: {name}"), out.figure(
-            fig, stem, f"{name}: accuracy after fine-tuning vs number of layers; mean ± std over seeds "
-            f"{_seeds(runs)}.")]
+        blocks += [Heading(3, f"Depth: {name}, budget {first['budget_hash']}"), *out.figure(
+            fig, stem, f"{name}: accuracy after fine-tuning vs number of layers; {_stats_note(runs)}.", runs)]
     return [Heading(2, "Ablations"), *blocks] if blocks else []
 
 
@@ -232,22 +327,24 @@ def _tuning_blocks(found: tuning.TuningRuns, out: _Output) -> list[Block]:
         return []
     grid = tables.selected_grid(found.studies, _selected_caption(found.studies))
     blocks: list[Block] = [Heading(2, "Tuning"), Paragraph(_split_note(found.trials)),
-                           Heading(3, "Selected values per method"), Table(grid), out.table(grid, "tuning_selected")]
+                           Heading(3, "Selected values per method"), *out.table(grid, "tuning_selected", found.trials)]
     history = tuning.best_so_far(found.trials)
+    budgets = budget_names(found.trials)
     for _, studies in found.studies.groupby(collect.GROUP, sort=False):
-        name, stem = _comparison(studies.iloc[0])
+        name, _, stem = _comparison(studies.iloc[0], budgets)
         trials = found.trials[found.trials["study"].isin(studies["study"])]
-        blocks += [Heading(3, f"Optimisation history: {name}"), out.figure(
+        blocks += [Heading(3, f"Optimisation history: {name}"), *out.figure(
             figures.history_figure(history[history["study"].isin(studies["study"])], studies,
                                    f"{name}\nbest validation objective so far"), f"tuning_history__{stem}",
             f"{name}: the best validation objective reached up to each trial number, a line per method's study "
-            "(faint points: each trial's own objective), so equal tuning budgets show as lines of equal length.")]
-        blocks += [Heading(3, f"Objective against weight decay: {name}"), out.figure(
+            "(faint points: each trial's own objective), so equal tuning budgets show as lines of equal length.",
+            trials)]
+        blocks += [Heading(3, f"Objective against weight decay: {name}"), *out.figure(
             figures.decay_figure(trials, studies, f"{name}\nvalidation objective vs weight decay"),
             f"tuning_weight_decay__{stem}",
             f"{name}: each finished trial's validation objective against the weight decay it trained with (log "
             "scale), a panel per method; hollow markers are trials that diverged (objective 0), the ringed one "
-            "is the selected trial.")]
+            "is the selected trial.", trials)]
     return blocks
 
 
@@ -280,8 +377,9 @@ def _filters(experiment: str | None, model: str | None, dataset: str | None) -> 
 
 
 def build_report(out_dir: str | Path, *, experiment: str | None = None, model: str | None = None,
-                 dataset: str | None = None) -> ReportSummary:
-    """Figures, LaTeX tables, report.md and report.html in `out_dir`, from the tracking store alone."""
+                 dataset: str | None = None, ui_url: str | None = None) -> ReportSummary:
+    """Figures, LaTeX tables, report.md and report.html in `out_dir`, from the tracking store alone; runs linked to
+    the MLflow UI at `ui_url` (default: links.ui_base)."""
     where = _filters(experiment, model, dataset)
     runs = collect.load_runs(experiment, model, dataset)
     if runs.empty:
@@ -293,7 +391,7 @@ def build_report(out_dir: str | Path, *, experiment: str | None = None, model: s
         raise ValueError(f"no FINISHED runs{where} in the tracking store {tracking.tracking_uri()} "
                          f"({len(failed)} failed or killed, {len(runs) - len(failed)} still running)")
     folder = Path(out_dir)
-    out = _Output(folder / "figures", folder / "tables")
+    out = _Output(folder / "figures", folder / "tables", links.ui_base(ui_url))
     out.figure_dir.mkdir(parents=True, exist_ok=True)
     out.table_dir.mkdir(parents=True, exist_ok=True)
     imported = done[done["trained_from"].notna()]
@@ -307,6 +405,8 @@ def build_report(out_dir: str | Path, *, experiment: str | None = None, model: s
         "drops are the achieved (measured) ones, not the targets.",
         "Runs are compared only within one model, dataset and budget hash; runs on imported checkpoints only "
         "among themselves.",
+        f"Every table and figure lists the runs behind it, linked to the MLflow UI at {out.ui} (start it with "
+        "`lorita-bench ui` on this store).",
     ]
     if superseded:
         notes.append(f"{superseded} older runs repeating a newer run's measurement (same method, target and "
@@ -320,8 +420,9 @@ def build_report(out_dir: str | Path, *, experiment: str | None = None, model: s
                   f"{len(failed)} run(s) that did not finish."),
         Bullets(notes),
     ]
+    budgets = budget_names(trained)
     for part in groups:
-        blocks += _group_blocks(part, out)
+        blocks += _group_blocks(part, out, budgets)
     blocks += _imported_blocks(imported, out)
     blocks += _ablation_blocks(trained, out) + _tuning_blocks(tuning.load_tuning(experiment, model, dataset), out)
     blocks += _failure_blocks(failed) + _missing_blocks(out.missing)

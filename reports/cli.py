@@ -8,7 +8,9 @@ import argparse
 def _report(args: argparse.Namespace) -> int:
     from reports.build import build_report
 
-    print(build_report(args.out, experiment=args.experiment, model=args.model, dataset=args.dataset))
+    print(f"building the report in {args.out} (figures, tables, report.md and report.html)", flush=True)
+    print(build_report(args.out, experiment=args.experiment, model=args.model, dataset=args.dataset,
+                       ui_url=args.ui_url))
     return 0
 
 
@@ -19,4 +21,6 @@ def register(sub) -> None:
     p.add_argument("--experiment", help="only this experiment (default: all)")
     p.add_argument("--model", help="only this model")
     p.add_argument("--dataset", help="only this dataset")
+    p.add_argument("--ui-url", help="the MLflow UI the report links runs to (default: the tracking server, or "
+                                    "http://127.0.0.1:5000 where `lorita-bench ui` serves a local store)")
     p.set_defaults(handler=_report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -13,10 +14,10 @@ from benchmarks import tracking
 from benchmarks.config import BUDGET_FIELDS, stable_hash
 from benchmarks.methods import METHODS
 from benchmarks.tracking import schema
+from reports import latency
 
-RESULT_METRICS = (schema.ACC_TRAINED, schema.ACC_COMPRESSED, schema.ACC_FINETUNED, schema.FLOPS_DROP,
-                  schema.PARAMS_DROP, schema.TRAIN_TIME_S, schema.LATENCY_MS_B1, schema.LATENCY_MS_B128,
-                  schema.LATENCY_MS_B1_GPU, schema.LATENCY_MS_B128_GPU)
+RESULT_METRICS = (schema.ACC_TRAINED, schema.ACC_COMPRESSED, schema.ACC_FINETUNED, schema.FLOPS, schema.PARAMS,
+                  schema.FLOPS_BASE, schema.PARAMS_BASE, schema.FLOPS_DROP, schema.PARAMS_DROP, schema.TRAIN_TIME_S)
 ENV_TAGS = (schema.TAG_TORCH_VERSION, schema.TAG_GIT_COMMIT, schema.TAG_CPU_MODEL, schema.TAG_GPU_NAME)
 # Runs that may share one table and one figure: same network, data and budget.
 GROUP = ["model_label", "dataset", "budget_hash"]
@@ -37,6 +38,11 @@ def _parse(text: Any) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def _text(value: Any) -> str | None:
+    """A tag's value, None where the run has none (NaN in a frame of other runs' tags)."""
+    return value if isinstance(value, str) else None
 
 
 def prefixed(row: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -83,7 +89,9 @@ def tidy_row(row: dict[str, Any]) -> dict[str, Any]:
     trained_from = row.get(f"tags.{schema.TAG_TRAINED_FROM}")
     out = {
         "run_id": row["run_id"], "run_name": row.get(f"tags.{schema.TAG_RUN_NAME}"),
-        "experiment": row.get("params.experiment"), "status": row["status"], "start_time": row["start_time"],
+        "experiment": row.get("params.experiment"), "experiment_id": row.get("experiment_id"),
+        "status": row["status"], "start_time": row["start_time"],
+        "config_hash": row.get(f"tags.{schema.TAG_CONFIG_HASH}"),
         "error": row.get(f"tags.{schema.TAG_ERROR}"), "model": model,
         "model_kwargs": json.dumps(kwargs, sort_keys=True), "model_label": model_label(model, kwargs),
         "dataset": row[f"tags.{schema.TAG_DATASET}"], "budget_hash": row.get(f"tags.{schema.TAG_BUDGET_HASH}"),
@@ -93,9 +101,17 @@ def tidy_row(row: dict[str, Any]) -> dict[str, Any]:
         "target": float(target) if target is not None else np.nan,
         "seed": int(_parse(row.get("params.seed")) or 0),
         "tuned": row.get(f"tags.{schema.TAG_TUNED}") == "true",
+        "exclude": json.dumps(_parse(row.get("params.exclude"))),
         "trained_from": trained_from if isinstance(trained_from, str) else None,
+        "not_applicable": _text(row.get(f"tags.{schema.TAG_NOT_APPLICABLE}")),
+        "under_load": row.get(f"tags.{schema.TAG_LATENCY_UNDER_LOAD}") == "true",
+        "data_root": _parse(row.get("params.data_root")),
+        "latency_batch": latency.recorded_batch(row),
     }
     out.update({name: row.get(f"metrics.{name}", np.nan) for name in RESULT_METRICS})
+    # Whatever latency metrics the run recorded (old runs: latency_ms_b1 and _b128 only).
+    out.update({key.removeprefix("metrics."): value for key, value in row.items()
+                if key.startswith("metrics.") and latency.is_latency(key.removeprefix("metrics."))})
     out.update({name: row.get(f"tags.{name}") for name in ENV_TAGS})
     out.update({f"budget.{name}": row.get(f"params.budget.{name}") for name in BUDGET_FIELDS})
     return out
@@ -132,17 +148,29 @@ def load_runs(experiment: str | None = None, model: str | None = None, dataset: 
     return frame.sort_values("start_time", ascending=False, ignore_index=True) if rows else frame
 
 
+def not_applicable(frame: pd.DataFrame) -> pd.Series:
+    """Which runs record that their method cannot compress their model (tag not_applicable: the reason)."""
+    return frame["not_applicable"].notna() if "not_applicable" in frame else pd.Series(False, index=frame.index)
+
+
 def finished(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """FINISHED runs, the newest of each repeated measurement kept; and how many older repeats were left out."""
-    done = frame[frame["status"] == schema.STATUS_FINISHED]
+    """FINISHED runs and ended not-applicable runs, the newest of each repeated measurement kept; and how many older
+    repeats were left out."""
+    ended = frame["status"] != schema.STATUS_RUNNING
+    done = frame[(frame["status"] == schema.STATUS_FINISHED) | (not_applicable(frame) & ended)]
     # load_runs sorts newest first; drop_duplicates counts NaN targets (dense) as equal, as wanted here.
     kept = done.drop_duplicates(MEASUREMENT, keep="first", ignore_index=True)
     return kept, len(done) - len(kept)
 
 
 def failures(frame: pd.DataFrame) -> pd.DataFrame:
-    """The FAILED and KILLED runs."""
-    return frame[frame["status"].isin(NOT_FINISHED)].reset_index(drop=True)
+    """The FAILED and KILLED runs whose config did not finish later (a resumed or repeated run) and that are not
+    marked not applicable (those are results: n/a with the reason)."""
+    ended = frame[frame["status"].isin(NOT_FINISHED) & ~not_applicable(frame)]
+    done = frame[frame["status"] == schema.STATUS_FINISHED]
+    last_done = done.groupby("config_hash")["start_time"].max()
+    finished_after = ended["config_hash"].map(last_done) > ended["start_time"]
+    return ended[~finished_after.fillna(False).astype(bool)].reset_index(drop=True)
 
 
 def label_order(runs: pd.DataFrame) -> dict[str, tuple[int, int, str]]:
@@ -186,15 +214,6 @@ def seed_stats(runs: pd.DataFrame, by: list[str], values: list[str]) -> pd.DataF
     return stats.reset_index()
 
 
-def with_base(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs with base_acc (acc_trained of the dense run of the same group and seed) and delta_acc."""
-    dense = runs[runs["reference"].astype(bool)].drop_duplicates([*GROUP, "seed"])
-    base = dense[[*GROUP, "seed", schema.ACC_TRAINED]].rename(columns={schema.ACC_TRAINED: "base_acc"})
-    out = runs.merge(base, on=[*GROUP, "seed"], how="left")
-    out["delta_acc"] = out[schema.ACC_FINETUNED] - out["base_acc"]
-    return out
-
-
 def trained_models(runs: pd.DataFrame) -> pd.DataFrame:
     """One run per trained model (factors, seed) of a group whose training is the budget alone: a model per N."""
     candidates = runs[runs["plain_training"].astype(bool)]
@@ -204,12 +223,20 @@ def trained_models(runs: pd.DataFrame) -> pd.DataFrame:
     return ranked.drop_duplicates(["factors", "seed"]).drop(columns="rank").reset_index(drop=True)
 
 
+def train_times(runs: pd.DataFrame) -> pd.DataFrame:
+    """Training time of every trained model of a group: factors, seed, seconds."""
+    models = trained_models(runs)
+    models = models[models[schema.TRAIN_TIME_S].notna()]
+    return pd.DataFrame({"factors": models["factors"].to_numpy(), "seed": models["seed"].to_numpy(),
+                         "seconds": models[schema.TRAIN_TIME_S].to_numpy(dtype=float)})
+
+
 def train_time_ratios(runs: pd.DataFrame) -> pd.DataFrame:
     """Training time of the composed models (N > 1) over the plain model's of the same seed: factors, seed, ratio."""
-    models = trained_models(runs)
-    dense = models[models["factors"] == 1].set_index("seed")[schema.TRAIN_TIME_S]
-    lorita = models[(models["factors"] > 1) & models["seed"].isin(dense.index)]
-    ratio = lorita[schema.TRAIN_TIME_S].to_numpy() / dense.loc[lorita["seed"]].to_numpy()
+    times = train_times(runs)
+    dense = times[times["factors"] == 1].set_index("seed")["seconds"]
+    lorita = times[(times["factors"] > 1) & times["seed"].isin(dense.index)]
+    ratio = lorita["seconds"].to_numpy() / dense.loc[lorita["seed"]].to_numpy()
     return pd.DataFrame({"factors": lorita["factors"].to_numpy(), "seed": lorita["seed"].to_numpy(), "ratio": ratio})
 
 
@@ -225,19 +252,31 @@ class ArtifactGone:
         return f"run {self.run_name} ({self.run_id}) has no {self.artifact}"
 
 
-def load_spectra(runs: pd.DataFrame) -> tuple[dict[int, tuple[int, dict[str, list[float]]]], list[ArtifactGone]]:
-    """{factors: (seed, {layer: singular values})} of the trained models of a group, lowest seed of each N whose
-    spectra the store still has; and the runs whose spectra are gone (the next seed stands in for them)."""
-    spectra: dict[int, tuple[int, dict[str, list[float]]]] = {}
+Spectra = dict[int, dict[int, dict[str, list[float]]]]
+
+
+def load_spectra(runs: pd.DataFrame) -> tuple[Spectra, list[ArtifactGone]]:
+    """{factors: {seed: {layer: singular values}}} of every trained model of a group whose spectra the store still
+    has; and the runs whose spectra are gone."""
+    spectra: Spectra = {}
     missing = []
     for row in trained_models(runs).sort_values(["factors", "seed"]).itertuples():
-        if int(row.factors) in spectra:
-            continue
         try:
-            spectra[int(row.factors)] = (int(row.seed), tracking.load_json(row.run_id, schema.ARTIFACT_SPECTRA))
+            spectra.setdefault(int(row.factors), {})[int(row.seed)] = tracking.load_json(row.run_id,
+                                                                                        schema.ARTIFACT_SPECTRA)
         except tracking.MissingArtifact:
             missing.append(ArtifactGone(row.run_id, row.run_name, schema.ARTIFACT_SPECTRA))
     return spectra, missing
+
+
+def compressed_layers(runs: pd.DataFrame, layers: list[str]) -> list[str]:
+    """The layers of `layers` (a spectra file's, in registration order) that compression of these runs may truncate:
+    none the runs' exclude globs name; without exclude, all but the classifier, which every model of the registry
+    registers last (baselines.classifier_name)."""
+    patterns = {pattern for text in runs["exclude"] for pattern in (json.loads(text) or [])}
+    if runs["exclude"].map(json.loads).isna().any():
+        layers = layers[:-1]
+    return [layer for layer in layers if not any(fnmatch.fnmatchcase(layer, p) for p in patterns)]
 
 
 def load_keep_curves(runs: pd.DataFrame) -> pd.DataFrame:

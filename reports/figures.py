@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,11 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.transforms import ScaledTranslation
 
 from benchmarks.tracking import schema
-from reports import collect
+from reports import collect, latency
 from reports.tables import TARGET_NAMES, target_title
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
@@ -79,42 +81,177 @@ def _pct(series: pd.Series) -> np.ndarray:
     return 100 * series.fillna(0).to_numpy(dtype=float)
 
 
-def pareto_mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Points no other point beats in both x and y (higher is better for both)."""
+# Achieved drops closer than this count as one operating point (the planners meet a target within 1 pp).
+PARETO_TOLERANCE = 0.01
+# How far apart, in points, markers of methods at one target are drawn (their x is exact in the tables).
+DODGE_PT = 4.0
+
+
+def pareto_mask(x: np.ndarray, y: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+    """Points no other point beats (higher is better for both x and y), x values within `tolerance` counting as
+    equal: a point is dominated by one at least as good in y and within `tolerance` of it or beyond in x, better in
+    y or in x by more than `tolerance`."""
     mask = np.ones(len(x), dtype=bool)
     for i in range(len(x)):
-        dominated = (x >= x[i]) & (y >= y[i]) & ((x > x[i]) | (y > y[i]))
-        mask[i] = not dominated.any()
+        as_far = x >= x[i] - tolerance
+        better = (y > y[i]) | (x > x[i] + tolerance)
+        mask[i] = not (as_far & (y >= y[i]) & better).any()
     return mask
 
 
-def tradeoff_figure(runs: pd.DataFrame, drop: str, title: str) -> Figure:
-    """Accuracy after fine-tuning vs achieved drop, a line per method, mean ± std over seeds, Pareto marked."""
-    compressed = runs[runs["target"].notna()]
-    stats = collect.seed_stats(compressed, ["label", "target_metric", "target"], [drop, schema.ACC_FINETUNED])
-    labels = collect.ordered_labels(compressed)
+def clipped_errors(mean: np.ndarray, std: np.ndarray, low: float = 0.0, high: float = 100.0) -> np.ndarray:
+    """(lower, upper) error-bar lengths of mean ± std kept inside [low, high] (an accuracy never above 100 %)."""
+    mean, std = np.asarray(mean, dtype=float), np.nan_to_num(np.asarray(std, dtype=float))
+    return np.vstack([np.minimum(std, mean - low), np.minimum(std, high - mean)]).clip(min=0)
+
+
+def _dodges(ax: Axes, labels: list[str]) -> dict[str, object]:
+    """{label: transform} drawing each method shifted sideways by a few points, centered on the true x."""
+    middle = (len(labels) - 1) / 2
+    return {label: ax.transData + ScaledTranslation((i - middle) * DODGE_PT / 72, 0, ax.figure.dpi_scale_trans)
+            for i, label in enumerate(labels)}
+
+
+def measured(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with numbers: not those whose method could not compress the model."""
+    return runs[~collect.not_applicable(runs)]
+
+
+def _reference_line(ax: Axes, runs: pd.DataFrame) -> None:
+    """The uncompressed reference's accuracy as a dotted line, when the comparison has one."""
+    reference = runs[runs["reference"].astype(bool)]
+    if reference.empty:
+        return
+    acc = reference[schema.ACC_TRAINED]
+    ax.axhline(100 * acc.mean(), color="black", ls=":", lw=1.2,
+               label=f"{reference['label'].iloc[0]} ({100 * acc.mean():.1f} %, {seeds_text(reference['seed'])})")
+
+
+def seeds_text(seeds: Iterable[int]) -> str:
+    """'seed 0' or '3 seeds (0, 1, 2)'."""
+    seeds = sorted({int(seed) for seed in seeds})
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
+
+
+def _method_lines(ax: Axes, stats: pd.DataFrame, x: str, runs: pd.DataFrame, shifts: dict[str, object]) -> None:
+    """A line per method and target metric: mean ± std accuracy after fine-tuning (bars clipped at 100 %) at x, each
+    method drawn with its transform in `shifts` where given."""
+    labels = [label for label in collect.ordered_labels(runs) if label in set(stats["label"])]
     colors, markers = _styles(runs)
     both = stats["target_metric"].nunique() > 1
-    fig = _figure(8.0, 4.4)
-    ax = fig.add_subplot()
+    acc = schema.ACC_FINETUNED
     for label in labels:
         for metric, line in stats[stats["label"] == label].groupby("target_metric"):
-            line = line.sort_values(f"{drop}_mean")
+            # Joined in target order: the operating points as requested.
+            line = line.sort_values("target")
             name = f"{label} ({TARGET_NAMES.get(metric, metric)} targets)" if both else label
-            ax.errorbar(_pct(line[f"{drop}_mean"]), _pct(line[f"{schema.ACC_FINETUNED}_mean"]),
-                        xerr=_pct(line[f"{drop}_std"]), yerr=_pct(line[f"{schema.ACC_FINETUNED}_std"]),
-                        color=colors[label], ls=TARGET_STYLES.get(metric, ":"), marker=markers[label], ms=5, capsize=3,
-                        label=name)
+            means = _pct(line[f"{acc}_mean"])
+            scale = 100 if x in DROP_NAMES else 1
+            xs = scale * line[f"{x}_mean"].to_numpy(float)
+            # A range where the stats give one (speed-ups: lowest to highest seed), else ± std.
+            xerr = (np.vstack([xs - line[f"{x}_low"], line[f"{x}_high"] - xs]) if f"{x}_low" in line else
+                    np.vstack([scale * line[f"{x}_std"].fillna(0).to_numpy(float)] * 2))
+            yerr = clipped_errors(means, _pct(line[f"{acc}_std"]))
+            ax.errorbar(xs, means, xerr=xerr, yerr=yerr, color=colors[label], ls=TARGET_STYLES.get(metric, ":"),
+                        marker=markers[label], ms=5, capsize=3, label=name,
+                        **({"transform": shifts[label]} if label in shifts else {}))
+            # Autoscaling skips artists drawn with an offset transform: the limits are the data's.
+            ax.update_datalim(np.column_stack([np.r_[xs - xerr[0], xs + xerr[1]], np.r_[means - yerr[0],
+                                                                                    means + yerr[1]]]))
+    ax.autoscale_view()
+
+
+def tradeoff_figure(runs: pd.DataFrame, drop: str, title: str) -> Figure:
+    """Accuracy after fine-tuning vs achieved drop, a line per method, mean ± std over seeds (clipped at 100 %),
+    methods at one target drawn a few points apart, Pareto points (within PARETO_TOLERANCE of drop) ringed."""
+    compressed = measured(runs[runs["target"].notna()])
+    stats = collect.seed_stats(compressed, ["label", "target_metric", "target"], [drop, schema.ACC_FINETUNED])
+    fig = _figure(8.0, 4.4)
+    ax = fig.add_subplot()
+    shifts = _dodges(ax, collect.ordered_labels(compressed))
+    _method_lines(ax, stats, drop, runs, shifts)
     x, y = _pct(stats[f"{drop}_mean"]), _pct(stats[f"{schema.ACC_FINETUNED}_mean"])
-    front = pareto_mask(x, y)
-    ax.scatter(x[front], y[front], s=170, facecolors="none", edgecolors="black", linewidths=1.4, zorder=5,
-               label="Pareto-optimal")
-    reference = runs[runs["reference"].astype(bool)]
-    if not reference.empty:
-        acc = reference[schema.ACC_TRAINED]
-        ax.axhline(100 * acc.mean(), color="black", ls=":", lw=1.2,
-                   label=f"{reference['label'].iloc[0]} ({100 * acc.mean():.1f} %, {len(acc)} seeds)")
+    front = pareto_mask(x, y, 100 * PARETO_TOLERANCE)
+    for k, i in enumerate(np.flatnonzero(front)):
+        ax.scatter(x[i], y[i], s=170, facecolors="none", edgecolors="black", linewidths=1.4, zorder=5,
+                   transform=shifts[stats["label"].iloc[i]], label="_nolegend_" if k else "Pareto-optimal")
+    _reference_line(ax, runs)
     _finish(ax, f"achieved {DROP_NAMES[drop]} drop (%)", "test accuracy after fine-tuning (%)", title)
+    return fig
+
+
+def speedup_figure(runs: pd.DataFrame, batches: list[int], title: str) -> Figure:
+    """Accuracy after fine-tuning (mean ± std over seeds) vs measured speed-up (median over seeds, a bar from the
+    lowest to the highest; log scale), a panel per batch size, a line per method; the reference at 1×."""
+    compressed = measured(runs[runs["target"].notna()])
+    fig = _figure(5.2 * len(batches) + 2.4, 4.2)
+    keys = ["label", "target_metric", "target"]
+    for ax, batch in zip(_panels(fig, len(batches), ncols=len(batches)), batches, strict=True):
+        part = compressed.assign(speedup=latency.speedups(runs, batch)[compressed.index])
+        part = part[part["speedup"].notna()]
+        if not part.empty:
+            spread = part.groupby(keys, sort=False)["speedup"].agg(speedup_mean="median", speedup_low="min",
+                                                                  speedup_high="max").reset_index()
+            stats = collect.seed_stats(part, keys, [schema.ACC_FINETUNED]).merge(spread, on=keys)
+            _method_lines(ax, stats, "speedup", runs, {})
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}×"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        _reference_line(ax, runs)
+        ax.axvline(1.0, color="black", ls=":", lw=0.8)
+        ax.set_title(f"batch {batch}", fontsize=9)
+        ax.set_xlabel("measured speed-up over the uncompressed model (×)")
+        ax.set_ylabel("test accuracy after fine-tuning (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+    _figure_legend(fig)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def has_predictions(runs: pd.DataFrame, batches: list[int]) -> list[int]:
+    """The batches at which some run recorded both a predicted and a measured latency."""
+    return [b for b in batches if (latency.column(runs, schema.latency_at("pred_ms", b)).notna()
+                                   & latency.column(runs, schema.latency_at("ms", b)).notna()).any()]
+
+
+def prediction_figure(runs: pd.DataFrame, batches: list[int], title: str, band: float = 0.15) -> Figure:
+    """Predicted (latency table) against measured latency of every run that has both, log-log, a panel per batch;
+    the diagonal and a ±`band` corridor; hollow markers: measured under load."""
+    colors, markers = _styles(runs)
+    fig = _figure(4.6 * len(batches) + 2.4, 4.2)
+    for ax, batch in zip(_panels(fig, len(batches), ncols=len(batches)), batches, strict=True):
+        pred = latency.column(runs, schema.latency_at("pred_ms", batch))
+        ms = latency.column(runs, schema.latency_at("ms", batch))
+        part = runs.assign(pred=pred, ms=ms)
+        part = part[part["pred"].notna() & part["ms"].notna()]
+        for label in collect.ordered_labels(part):
+            mine = part[part["label"] == label]
+            for loaded, points in mine.groupby(mine["under_load"].astype(bool)):
+                ax.scatter(points["pred"], points["ms"], s=26, marker=markers[label], edgecolors=colors[label],
+                           facecolors="none" if loaded else colors[label],
+                           label=label + (" (under load)" if loaded else ""))
+        low, high = float(min(part["pred"].min(), part["ms"].min())) / 1.3, float(max(part["pred"].max(),
+                                                                                     part["ms"].max())) * 1.3
+        line = np.geomspace(low, high, 50)
+        ax.plot(line, line, color="black", lw=1, label="measured = predicted")
+        ax.fill_between(line, line * (1 - band), line * (1 + band), color="black", alpha=0.08,
+                        label=f"±{100 * band:.0f} %")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}×"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_yscale("log")
+        ax.set_xlim(low, high)
+        ax.set_ylim(low, high)
+        errors = (part["ms"] - part["pred"]).abs() / part["ms"]
+        ax.set_title(f"batch {batch}: {int((errors <= band).sum())} of {len(part)} within ±{100 * band:.0f} %",
+                     fontsize=9)
+        ax.set_xlabel("predicted latency (ms)")
+        ax.set_ylabel("measured latency (ms)", fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    _figure_legend(fig)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -146,6 +283,9 @@ def _log_x(ax: Axes, values: pd.Series) -> None:
         ax.set_xscale("symlog", linthresh=float(positive.min()))
     else:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}×"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _figure_legend(fig: Figure) -> None:
@@ -158,12 +298,13 @@ def _figure_legend(fig: Figure) -> None:
         fig.legend(list(entries.values()), list(entries), fontsize=8, loc="outside right upper")
 
 
-def _panels(fig: Figure, count: int, ncols: int = 3, *, share: bool = False) -> list[Axes]:
+def _panels(fig: Figure, count: int, ncols: int = 3, *, share: bool | str = False) -> list[Axes]:
+    """`count` panels; share True: one x and one y range for all, "y": one y range."""
     ncols = min(ncols, count)
     nrows = math.ceil(count / ncols)
     first = fig.add_subplot(nrows, ncols, 1)
     # Shared from the start, so that autoscaling sees every panel's data.
-    shared = {"sharex": first, "sharey": first} if share else {}
+    shared = {"sharex": first, "sharey": first} if share is True else {"sharey": first} if share == "y" else {}
     return [first, *(fig.add_subplot(nrows, ncols, i + 1, **shared) for i in range(1, count))]
 
 
@@ -175,31 +316,38 @@ def _spread(items: list[str], most: int) -> list[str]:
     return [items[i] for i in sorted(set(picks))]
 
 
-def spectra_figure(spectra: dict[int, tuple[int, dict[str, list[float]]]], title: str) -> Figure:
-    """Per-layer singular values over the largest, log scale, a line per N (a selection of layers if many)."""
+def spectra_figure(spectra: collect.Spectra, layers: list[str], title: str) -> Figure:
+    """Per-layer singular values over the largest, log scale, one y-range for all panels, a line per N: the mean
+    over seeds with a band from the lowest to the highest seed (a selection of `layers` if many)."""
     factors = sorted(spectra)
-    layers = _spread(list(spectra[factors[0]][1]), MAX_SPECTRA_PANELS)
-    ncols = min(3, len(layers))
-    fig = _figure(3.3 * ncols, 2.8 * math.ceil(len(layers) / ncols) + 0.5)
+    shown = _spread(layers, MAX_SPECTRA_PANELS)
+    ncols = min(3, len(shown))
+    fig = _figure(3.3 * ncols, 2.8 * math.ceil(len(shown) / ncols) + 0.5)
     colors = _factor_colors(factors)
-    for ax, layer in zip(_panels(fig, len(layers)), layers, strict=True):
-        lowest = 1.0
+    lowest = 1.0
+    for ax, layer in zip(_panels(fig, len(shown), share="y"), shown, strict=True):
         for n in factors:
-            seed, values = spectra[n]
-            if layer not in values:
+            curves = [np.asarray(values[layer], dtype=float) for values in spectra[n].values() if layer in values]
+            if not curves:
                 continue
-            sv = np.asarray(values[layer], dtype=float)
-            lowest = min(lowest, sv.min() / sv.max())
-            ax.semilogy(np.arange(1, len(sv) + 1), sv / sv.max(), color=colors[n], marker=".", ms=3,
-                        lw=1, label=f"N={n}" + (" (dense)" if n == 1 else "") + f", seed {seed}")
-        if lowest < 0.1:
-            # Decades carry labels; the minor ones (2×10⁻¹ ...) would crowd. Under a decade they are the only ones.
-            ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(f"layer {layer}", fontsize=9)
+            normalized = np.vstack([sv / sv.max() for sv in curves])
+            lowest = min(lowest, float(normalized[normalized > 0].min()))
+            index = np.arange(1, normalized.shape[1] + 1)
+            seeds = len(curves)
+            ax.semilogy(index, normalized.mean(axis=0), color=colors[n], marker=".", ms=3, lw=1,
+                        label=f"N={n}" + (" (dense)" if n == 1 else "") + (f", {seeds} seeds" if seeds > 1 else
+                                                                            f", seed {next(iter(spectra[n]))}"))
+            if seeds > 1:
+                ax.fill_between(index, normalized.min(axis=0), normalized.max(axis=0), color=colors[n], alpha=0.2,
+                                lw=0)
+        ax.set_title(f"module {layer}", fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("index", fontsize=8)
-        ax.set_ylabel("σ / σ_max", fontsize=8)
+        ax.set_ylabel(r"$\sigma / \sigma_{\max}$", fontsize=8)
         ax.grid(alpha=0.3, which="both")
+    if lowest < 0.1:
+        # Decades carry labels; the minor ones (2×10⁻¹ ...) would crowd. Under a decade they are the only ones.
+        fig.axes[0].yaxis.set_minor_formatter(NullFormatter())
     _figure_legend(fig)
     fig.suptitle(title, fontsize=10)
     return fig
@@ -221,23 +369,28 @@ def keep_figure(curves: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def train_time_figure(ratios: pd.DataFrame, title: str) -> Figure:
-    """LoRITa training time over the dense model's, per N, mean ± std over seeds."""
-    stats = collect.seed_stats(ratios, ["factors"], ["ratio"]).sort_values("factors")
-    fig = _figure(5.0, 3.8)
-    ax = fig.add_subplot()
-    names = [f"N={n}" for n in stats["factors"]]
-    means, stds = stats["ratio_mean"].to_numpy(), stats["ratio_std"].fillna(0).to_numpy()
-    ax.bar(names, means, yerr=stds, capsize=4, color=PALETTE[0])
-    for i, (mean, std, n) in enumerate(zip(means, stds, stats["n"], strict=True)):
-        ax.annotate(f"{mean:.2f}× ({n} seeds)", (i, mean + std), textcoords="offset points", xytext=(0, 5),
-                    ha="center", fontsize=8)
-    ax.axhline(1.0, color="black", ls=":", lw=1.2, label="dense")
-    # Headroom for the value labels above the error bars.
-    ax.set_ylim(0, 1.18 * max(1.0, float((means + stds).max())))
-    ax.set_ylabel("training time / dense training time")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+def train_time_figure(times: pd.DataFrame, ratios: pd.DataFrame, title: str) -> Figure:
+    """Training time in seconds per N (dense included) and LoRITa's over the dense model's of the same seed, mean ±
+    std over seeds, side by side."""
+    fig = _figure(9.0, 3.8)
+    seconds, relative = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for ax, frame, value, unit in ((seconds, times, "seconds", " s"), (relative, ratios, "ratio", "×")):
+        stats = collect.seed_stats(frame, ["factors"], [value]).sort_values("factors")
+        names = [f"N={n}" + (" (dense)" if n == 1 else "") for n in stats["factors"]]
+        means, stds = stats[f"{value}_mean"].to_numpy(), stats[f"{value}_std"].fillna(0).to_numpy()
+        colors = _factor_colors(list(stats["factors"]))
+        ax.bar(names, means, yerr=stds, capsize=4, color=[colors[n] for n in stats["factors"]])
+        for i, (mean, std, n) in enumerate(zip(means, stds, stats["n"], strict=True)):
+            text = f"{mean:.2f}{unit}" if unit == "×" else f"{mean:.1f}{unit}"
+            ax.annotate(f"{text} ({n} seed{'s' * (n > 1)})", (i, mean + std), textcoords="offset points",
+                        xytext=(0, 5), ha="center", fontsize=8)
+        # Headroom for the value labels above the error bars.
+        ax.set_ylim(0, 1.18 * max(1.0 if unit == "×" else 0.0, float((means + stds).max()) if len(means) else 1.0))
+    relative.axhline(1.0, color="black", ls=":", lw=1.2, label="dense")
+    relative.legend(fontsize=8)
+    seconds.set_ylabel("training time (s)")
+    relative.set_ylabel("training time / dense training time")
+    fig.suptitle(title, fontsize=10)
     return fig
 
 

@@ -27,3 +27,14 @@ def store(tmp_path_factory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(autouse=True)
+def _no_export_in_runs(request, monkeypatch):
+    """Runs in tests skip the two stages that cost a second or more per run and are tested on their own
+    (tests/test_export*.py): the MLflow logged model and ONNX Runtime latency. A test marked `export` keeps them."""
+    if request.node.get_closest_marker("export") is None:
+        from benchmarks.run import measure, pipeline
+
+        monkeypatch.setattr(pipeline, "_log_model", lambda *args, **kwargs: None)
+        monkeypatch.setattr(measure, "ort_available", lambda: False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +35,13 @@ TINY = {"models": [{"name": "fcn", "layers": 2, "width": 16}], "datasets": ["dig
         "device": "cpu"}
 
 
+def ci_for_vgg16(families) -> list:
+    """`families` as parametrize values, vgg16's in CI only: its planning alone takes 10-20 s on two cores."""
+    import pytest
+
+    return [pytest.param(f, marks=pytest.mark.ci) if f == "vgg16" else f for f in families]
+
+
 def input_shape(family: str, batch: int) -> tuple[int, ...]:
     """The family's input shape, at `batch` for the CIFAR-sized ones."""
     return INPUT_SHAPES.get(family, (batch, 3, 32, 32))
@@ -57,3 +66,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def table_width(standalone: str, folder: Path) -> tuple[float, float, bool]:
+    """(natural width, \\columnwidth, any overfull box) in pt of a report's standalone LaTeX table, compiled by
+    pdflatex in `folder` with adjustbox's shrinking left out."""
+    measured = standalone.replace(r"\begin{adjustbox}{max width=\columnwidth}", r"\setbox0\hbox\bgroup").replace(
+        r"\end{adjustbox}", r"\egroup\typeout{NATURAL=\the\wd0}\typeout{COLUMN=\the\columnwidth}\box0")
+    (folder / "table.tex").write_text(measured, encoding="utf-8")
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "table.tex"], cwd=folder,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-2000:]
+    log = (folder / "table.log").read_text(errors="replace")
+    width = [float(re.search(rf"{name}=([\d.]+)pt", log)[1]) for name in ("NATURAL", "COLUMN")]
+    return width[0], width[1], "Overfull" in log

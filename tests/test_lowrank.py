@@ -6,9 +6,10 @@ import time
 
 import pytest
 import torch
-from support import FAMILIES, input_shape
+from support import FAMILIES, ci_for_vgg16, input_shape
 from torch import nn
 
+from lorita.attention import LowRankAttention
 from lorita.compose import overparameterize
 from lorita.costs import plan_cost
 from lorita.counting import count_flops_params
@@ -137,7 +138,7 @@ def test_analytic_cost_equals_fvcore_on_the_factorized_model(family):
 # ---------------------------------------------------------------- flops_drop / params_drop
 
 
-@pytest.mark.parametrize("family", ["vgg16", "resnet20_a"])
+@pytest.mark.parametrize("family", ci_for_vgg16(["vgg16", "resnet20_a"]))
 def test_flops_drop_is_met_within_one_point_by_fvcore(family):
     model, x = _shared(family), _input(family)
     start = time.perf_counter()
@@ -289,7 +290,7 @@ def test_exclude_leaves_layers_out_of_the_plan_and_the_pool():
     assert plan_ranks(_known_spectra(), "global", 0.5, exclude=["1"]) == {"0": 1, "2": 2}
 
 
-def test_layers_whose_weight_a_parent_reads_are_not_planned():
+def test_weights_a_parent_reads_are_planned_and_split_through_the_parent():
     class WithAttention(nn.Module):
         def __init__(self):
             super().__init__()
@@ -297,9 +298,9 @@ def test_layers_whose_weight_a_parent_reads_are_not_planned():
             self.fc = nn.Linear(8, 3)
 
     model = WithAttention()
-    assert set(plan_ranks(model, "uniform", 0.5)) == {"fc"}
-    with pytest.raises(ValueError, match="'attn.out_proj'"):
-        factorize(model, {"attn.out_proj": 2})
+    assert set(plan_ranks(model, "uniform", 0.5)) == {"attn.in_proj_weight", "attn.out_proj", "fc"}
+    # Replacing out_proj alone would change nothing (the attention reads its weight): the attention takes its form.
+    assert isinstance(factorize(model, {"attn.out_proj": 2}).attn, LowRankAttention)
 
 
 # ---------------------------------------------------------------- bad input

@@ -71,7 +71,8 @@ def test_vit_attention_follows_pruned_widths():
 
 
 def test_unknown_name_lists_known_names():
-    with pytest.raises(ValueError, match="unknown model 'resnet18'; known: fcn, cnn, vgg16") as info:
+    with pytest.raises(ValueError, match=r"unknown model 'resnet18' \(did you mean 'tv:resnet18'\?\); known: fcn, cnn, "
+                                         "vgg16") as info:
         create_model("resnet18", 10, CIFAR)
     assert all(name in str(info.value) for name in MODELS)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmarks.perf import all as perf_all
-from benchmarks.perf import data_path, inference, planning, train_step
+from benchmarks.perf import data_path, inference, latency_table, planning, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_KEYS = {"benchmark", "machine", "settings", "rows"}
@@ -79,6 +79,21 @@ def test_inference_quick(tmp_path):
         assert {"latency_ms", "speedup", "flops_speedup", "flops_drop", "device", "batch"} <= r.keys()
         if r["method"] != "dense" and r["error"] is None:
             assert abs(r["flops_drop"] - r["target_drop"]) <= 0.02
+
+
+@pytest.mark.ci
+def test_latency_table_quick(tmp_path):
+    latency_table.main([*QUICK, "--out", str(tmp_path), "--speedup", "1.2", "--speedup-models", "fcn",
+                        "--speedup-batch", "8"])
+    data = _load(tmp_path, "latency_table")
+    assert {(r["method"], r["batch"]) for r in data["rows"]} == {(m, b) for m in ("svd", "l1") for b in (1, 8)}
+    for r in data["rows"]:
+        assert r["table_build_s"] > 0
+        if "failure" not in r:
+            assert {"predicted_ms", "measured_ms", "iqr_ms", "rel_error", "speedup", "flops_drop"} <= r.keys()
+            assert r["rel_error"] == pytest.approx(r["predicted_ms"] / r["measured_ms"] - 1)
+    assert sum(r["target"].startswith("speedup") for r in data["rows"]) == 2
+    assert "Plans within ±15 %" in (tmp_path / "latency_table.md").read_text()
 
 
 def test_all_writes_combined_markdown(tmp_path):

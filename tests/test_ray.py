@@ -147,7 +147,7 @@ def test_local_instance_runs_the_grid_and_lists_dead_workers(local_instance):
     assert set(done[f"tags.{schema.TAG_THREADS}"]) == {"1"}  # a run's threads are its CPUs
     every = tracking.search_runs("ray")
     parents = every[every[f"tags.{schema.TAG_METHOD}"].isna()]
-    assert len(parents) == 1 and set(runs[f"tags.{schema.TAG_PARENT_RUN_ID}"]) == set(parents["run_id"])
+    assert len(parents) == 1 and set(runs[f"tags.{schema.TAG_SWEEP_RUN}"]) == set(parents["run_id"])
     # The dead worker could not end its run: it stays RUNNING until the next sweep of its config.
     broken = runs[runs[f"tags.{schema.TAG_MODEL}"] == "raytest_models:broken"]
     assert Counter(broken["status"]) == {schema.STATUS_RUNNING: 1, schema.STATUS_FAILED: 3}

@@ -5,15 +5,17 @@ import re
 import shutil
 import subprocess
 import time
+from collections import Counter
 
 import pandas as pd
 import pytest
+from support import table_width
 
 from benchmarks import tracking
-from benchmarks.config import make_config
+from benchmarks.config import config_to_dict, make_config
 from benchmarks.run.pipeline import execute
 from benchmarks.tracking import schema
-from reports import collect, figures, tables
+from reports import budget, collect, figures, links, tables
 from reports.build import build_report
 
 EXPERIMENT = "reports"
@@ -44,9 +46,12 @@ def _record(base: dict) -> None:
             for target in TARGETS:
                 execute(make_config({**base, **extra, "method": method, "seed": seed, "target_metric": "flops_drop",
                                      "target": target}), latency=False)
-    # An option the model does not take fails inside the pipeline, which records the run FAILED.
-    with pytest.raises(ValueError, match="unknown option"):
-        execute(make_config({**base, "model_kwargs": {"layers": 3, "depth": 2}, "method": "dense"}), latency=False)
+    # A run that failed, as the pipeline records one.
+    cfg = make_config({**base, "method": "dense", "seed": 9})
+    run_id = tracking.start_run(EXPERIMENT, "failed", params=config_to_dict(cfg), tags={
+        schema.TAG_METHOD: "dense", schema.TAG_MODEL: "fcn", schema.TAG_DATASET: "digits",
+        schema.TAG_BUDGET_HASH: cfg.budget_hash(), schema.TAG_CONFIG_HASH: cfg.config_hash()})
+    tracking.end_run(run_id, schema.STATUS_FAILED, error="fcn: unknown option 'depth'")
 
 
 @pytest.fixture(scope="module")
@@ -81,58 +86,44 @@ def test_figures_and_tables_are_written(report):
     results = [p for p in summary.tables if p.name.startswith("results__") and p.name.endswith("_standalone.tex")]
     assert len(results) == 1
     standalone = results[0].read_text(encoding="utf-8")
-    assert r"\documentclass" in standalone and r"\usepackage{booktabs}" in standalone and r"\toprule" in standalone
+    assert r"\documentclass" in standalone and r"\usepackage{booktabs,adjustbox}" in standalone
+    assert r"\toprule" in standalone
     assert (summary.runs, summary.failed) == (14, 1)
 
 
-def _raw_means(recorded: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-    """Independent of reports.collect: per (method, target) means of the recorded metrics, and the dense base."""
+def _raw_means(recorded: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Independent of reports.collect: per (method, target) means of the recorded metrics, and the dense runs'."""
     runs = recorded[recorded["status"] == "FINISHED"]
-    dense = runs.loc[runs[f"tags.{schema.TAG_METHOD}"] == "dense", f"metrics.{schema.ACC_TRAINED}"]
+    dense = runs[runs[f"tags.{schema.TAG_METHOD}"] == "dense"]
     compressed = runs[runs["params.target"] != "None"]
-    means = compressed.groupby([f"tags.{schema.TAG_METHOD}", "params.target"])[
-        [f"metrics.{schema.ACC_FINETUNED}", f"metrics.{schema.FLOPS_DROP}", f"metrics.{schema.PARAMS_DROP}"]].mean()
-    return means, dense.mean()
+    names = [f"metrics.{name}" for name in (schema.ACC_COMPRESSED, schema.ACC_FINETUNED, schema.FLOPS_DROP,
+                                            schema.PARAMS_DROP, schema.FLOPS)]
+    return compressed.groupby([f"tags.{schema.TAG_METHOD}", "params.target"])[names].mean(), dense[
+        f"metrics.{schema.ACC_TRAINED}"]
 
 
 def test_table_numbers_are_the_runs_means(recorded, done, report):
-    means, base = _raw_means(recorded)
-    stats = tables.result_stats(done)
-    assert len(stats) == len(COMPRESSED) * len(TARGETS)
+    means, dense = _raw_means(recorded)
+    grid = tables.result_grid(done, "numbers")
+    assert grid.sections[0].rows[0][0] == "Dense" and grid.sections[0].rows[0][2].mean == pytest.approx(
+        100 * dense.mean())
     tex = next(p for p in report[0].tables if p.name.startswith("results__") and "standalone" not in p.name)
     text = tex.read_text(encoding="utf-8")
     method_of = dict(zip(done["label"], done["method"], strict=True))
-    for row in stats.itertuples():
-        method = method_of[row.label]
-        expected = means.loc[(method, str(row.target))]
-        assert row.acc_mean == pytest.approx(100 * expected[f"metrics.{schema.ACC_FINETUNED}"])
-        assert row.flops_drop_mean == pytest.approx(100 * expected[f"metrics.{schema.FLOPS_DROP}"])
-        assert row.params_drop_mean == pytest.approx(100 * expected[f"metrics.{schema.PARAMS_DROP}"])
-        assert row.base_acc_mean == pytest.approx(100 * base)
-        assert row.n == len(SEEDS)
-        assert f"{row.acc_mean:.1f} \\pm {row.acc_std:.1f}" in text
-    assert f"{100 * base:.1f} \\pm" in text
-
-
-def test_best_per_column_is_bold(done):
-    # Hand-set (accuracy, FLOPs drop, params drop): svd best in accuracy and loss, l1 in FLOPs drop, lorita and
-    # l1 tie in params drop (both bold).
-    values = {"svd": (0.90, 0.40, 0.30), "lorita": (0.80, 0.40, 0.35), "l1": (0.70, 0.45, 0.35)}
-    runs = done.copy()
-    for method, (acc, flops, params) in values.items():
-        runs.loc[runs["method"] == method, [schema.ACC_FINETUNED, schema.FLOPS_DROP, schema.PARAMS_DROP]] = (
-            acc, flops, params)
-    grid = tables.result_grid(runs, "bold")
-    assert len(grid.sections) == len(TARGETS)
-    method_of = dict(zip(runs["label"], runs["method"], strict=True))
-    for section in grid.sections:
-        bold = {method_of[row[0]]: [cell.bold for cell in row[1:]] for row in section.rows}
-        # Columns: base, acc, delta, flops drop, params drop.
-        assert bold["svd"] == [False, True, True, False, False]
-        assert bold["lorita"] == [False, False, False, False, True]
-        assert bold["l1"] == [False, False, False, True, True]
-    latex = tables.latex_fragment(grid, "tab:bold")
-    assert latex.count(r"\mathbf") == 5 * len(TARGETS)
+    checked = 0
+    for section in grid.sections[1:]:
+        target = section.title.removeprefix("FLOPs drop target ").removesuffix(" %")
+        for label, before, after, flops, flops_drop, _, params_drop in section.rows:
+            expected = means.loc[(method_of[label], str(float(target) / 100))]
+            assert before.mean == pytest.approx(100 * expected[f"metrics.{schema.ACC_COMPRESSED}"])
+            assert after.mean == pytest.approx(100 * expected[f"metrics.{schema.ACC_FINETUNED}"])
+            assert flops_drop == f"{100 * expected[f'metrics.{schema.FLOPS_DROP}']:.1f}"
+            assert params_drop == f"{100 * expected[f'metrics.{schema.PARAMS_DROP}']:.1f}"
+            assert flops == tables.count_text(expected[f"metrics.{schema.FLOPS}"])
+            assert f"{after.mean:.1f} \\pm {after.std:.1f}" in text
+            checked += 1
+    assert checked == len(COMPRESSED) * len(TARGETS)
+    assert f"{100 * dense.mean():.1f} \\pm" in text
 
 
 def test_mixed_budgets_are_refused(done):
@@ -141,7 +132,7 @@ def test_mixed_budgets_are_refused(done):
     with pytest.raises(ValueError, match=r"weight_decay \(0\.0005 vs 0\.001\)"):
         tables.result_grid(mixed, "mixed")
     with pytest.raises(ValueError, match="weight_decay"):
-        tables.budget_grid(mixed, "mixed")
+        budget.budget_grid(mixed, "mixed")
 
 
 def test_latex_escapes_specials(done):
@@ -151,14 +142,17 @@ def test_latex_escapes_specials(done):
     assert r"group\_norm" in latex and r"under\_score" in latex
     body = latex.replace(r"\label{tab:x}", "")
     assert not re.search(r"(?<!\\)_", body)
-    budget = tables.latex_fragment(tables.budget_grid(done, "budget"), "tab:b")
-    assert r"weight\_decay & 0.001" in budget
+    latex = tables.latex_fragment(budget.budget_grid(done, "budget"), "tab:b")
+    assert "Weight decay & 0.001" in latex
 
 
 def test_html_is_self_contained_and_lists_provenance(recorded, report):
     summary, _ = report
     page = summary.html.read_text(encoding="utf-8")
-    assert not re.findall(r"""(?:src|href)\s*=\s*["'](?!data:)""", page)
+    # Nothing the page loads comes from elsewhere; its only references are links to the runs in the MLflow UI.
+    assert not re.findall(r"""src\s*=\s*["'](?!data:)""", page)
+    assert set(re.findall(r"""href\s*=\s*["']([a-z]+://[^/"']+)""", page)) == {links.DEFAULT_UI}
+    assert len(re.findall(r"<a href=", page)) == len(re.findall(r"href=", page))
     assert "<link" not in page and "<script" not in page
     pngs = [p for p in summary.figures if p.suffix == ".png"]
     assert page.count('src="data:image/png;base64,') == len(pngs)
@@ -172,6 +166,54 @@ def test_html_is_self_contained_and_lists_provenance(recorded, report):
         assert "FAILED" in text and "unknown option" in text  # the failed run, with its error
     for png in pngs:
         assert f"figures/{png.name}" in md
+
+
+def test_every_table_and_figure_lists_its_runs_linked_to_the_ui(done, report):
+    summary, _ = report
+    md = summary.markdown.read_text(encoding="utf-8")
+    lists = re.findall(r"^Runs behind this (table|figure) \((\d+)\): (.*)$", md, flags=re.M)
+    pngs = [p for p in summary.figures if p.suffix == ".png"]
+    assert Counter(kind for kind, _, _ in lists) == {"figure": len(pngs), "table": len(summary.tables) // 2}
+    experiment = tracking.client().get_experiment_by_name(EXPERIMENT).experiment_id
+    result_runs = next(found for kind, _, found in lists if kind == "table")  # the results table: every run
+    for run_id in done["run_id"]:
+        assert f"({links.run_url(links.DEFAULT_UI, experiment, run_id)})" in result_runs
+    assert links.run_url("http://h:1", "2", "abc") == "http://h:1/#/experiments/2/runs/abc?workflowType=machine_learning"
+    assert all(int(count) == text.count("](http") for _, count, text in lists)
+
+
+def test_captions_carry_no_hash_path_or_absent_claims(done, report, store):
+    summary, _ = report
+    md = summary.markdown.read_text(encoding="utf-8")
+    captions = re.findall(r"^\*(.+)\*$", md, flags=re.M)
+    assert len(captions) >= len(summary.tables) // 2
+    budget_hash = done["budget_hash"].iloc[0]
+    for caption in captions:
+        assert budget_hash not in caption and str(store) not in caption, caption
+        assert "over seeds 0." not in caption and "seeds 0)" not in caption
+    # The hash is in the budget table instead.
+    grid = budget.budget_grid(done, "b")
+    assert ["Budget hash", budget_hash] in grid.sections[0].rows
+    # Without a dense run, no caption claims a dotted dense line.
+    fig = figures.tradeoff_figure(done[~done["reference"]], schema.FLOPS_DROP, "no dense")
+    assert not [text for text in fig.axes[0].get_legend_handles_labels()[1] if text.startswith("Dense")]
+
+
+def test_experiments_open_on_runs_and_runs_say_what_they_are(recorded):
+    mlc = tracking.client()
+    assert mlc.get_experiment_by_name(EXPERIMENT).tags[schema.TAG_EXPERIMENT_KIND] == "custom_model_development"
+    # An experiment made without the kind (by MLflow, or an older version) gets it when the suite opens it.
+    old = mlc.create_experiment("made-elsewhere")
+    assert schema.TAG_EXPERIMENT_KIND not in mlc.get_experiment(old).tags
+    assert tracking.get_or_create_experiment("made-elsewhere") == old
+    assert mlc.get_experiment(old).tags[schema.TAG_EXPERIMENT_KIND] == schema.EXPERIMENT_KIND
+    finished = recorded[recorded["status"] == "FINISHED"]
+    notes = finished[f"tags.{schema.TAG_NOTE}"]
+    assert notes.notna().all()
+    assert notes.str.contains("percent of singular values kept").all()
+    lorita_run = finished[(finished[f"tags.{schema.TAG_METHOD}"] == "lorita") & (finished["params.target"] == "0.5")]
+    assert lorita_run[f"tags.{schema.TAG_NOTE}"].iloc[0].startswith("**LoRITa (N=2)** on fcn / digits, compressed "
+                                                                    "until its FLOPs drop by 50 %")
 
 
 def test_ablations_are_found_and_drawn(done):
@@ -197,10 +239,14 @@ def test_no_runs_is_a_one_line_error(report, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
-def test_standalone_table_compiles(report, tmp_path):
-    tex = next(p for p in report[0].tables if p.name.endswith("_standalone.tex"))
-    shutil.copy(tex, tmp_path / "table.tex")
-    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "table.tex"], cwd=tmp_path,
+def test_every_table_compiles_and_fits_the_column_of_a_plain_article(report, tmp_path):
+    standalone = [p for p in report[0].tables if p.name.endswith("_standalone.tex")]
+    assert {p.name.split("__")[0] for p in standalone} == {"results", "budget"}
+    for path in standalone:
+        natural, column, overfull = table_width(path.read_text(encoding="utf-8"), tmp_path)
+        assert not overfull and natural <= column, f"{path.name}: {natural} pt in a column of {column} pt"
+    # As shipped (adjustbox in place) too.
+    shutil.copy(standalone[0], tmp_path / "shipped.tex")
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "shipped.tex"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout[-2000:]
-    assert (tmp_path / "table.pdf").exists()
+    assert result.returncode == 0 and (tmp_path / "shipped.pdf").exists()

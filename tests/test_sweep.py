@@ -111,7 +111,9 @@ def test_sweep_runs_the_grid_and_a_rerun_adds_nothing(sequential, capsys):
     parent = runs[runs[f"tags.{schema.TAG_METHOD}"].isna()]
     assert len(parent) == 1 and parent.iloc[0][f"tags.{schema.TAG_SWEEP}"] == "tiny-seq"
     children = runs[runs[f"tags.{schema.TAG_METHOD}"].notna()]
-    assert set(children[f"tags.{schema.TAG_PARENT_RUN_ID}"]) == {parent.iloc[0]["run_id"]}
+    # Linked to the parent by the suite's tag, not nested under it (the MLflow UI would hide them behind it).
+    assert set(children[f"tags.{schema.TAG_SWEEP_RUN}"]) == {parent.iloc[0]["run_id"]}
+    assert f"tags.{schema.TAG_PARENT_RUN_ID}" not in children
     assert set(children[f"tags.{schema.TAG_SWEEP}"]) == {"tiny-seq"}
 
     capsys.readouterr()
@@ -127,7 +129,7 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(store, capsys):
     assert run_sweep(path) == 1
     out = capsys.readouterr().out
     assert "2 finished, 0 skipped (already finished), 1 failed" in out
-    assert "FAILED fcn-digits-svd-flops0.99-s0: ValueError:" in out
+    assert "FAILED fcn-digits-svd-flops0.99-s0: UnreachableTarget: target=0.99 for flops_drop is unreachable" in out
     runs = tracking.search_runs("failing")
     status = Counter(runs["status"])
     assert status[schema.STATUS_FINISHED] == 2 and status[schema.STATUS_FAILED] == 2  # the run and the parent
@@ -135,6 +137,7 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(store, capsys):
     assert failed.iloc[0][f"tags.{schema.TAG_SWEEP}"] == "failing"
 
 
+@pytest.mark.ci  # a sweep killed and run again in real processes: 15-60 s on two cores
 def test_killed_sweep_resumes_without_duplicates(store):
     path = write_sweep(store, "killed", methods=["dense", "svd", "l1", "group_norm", "random", "lorita"], seeds=[0, 1],
                   cache_dir=str(store / "cache-killed"))
@@ -159,6 +162,7 @@ def test_killed_sweep_resumes_without_duplicates(store):
     assert set(finished) == expected and set(finished.values()) == {1}
 
 
+@pytest.mark.ci  # two worker processes and the driver's latency stage: 15-40 s on two cores
 def test_parallel_jobs_finish_the_same_runs_with_latency(store, sequential):
     _, _, serial = sequential
     path = write_sweep(store, "tiny-par", cache_dir=str(store / "cache-par"))

@@ -59,7 +59,7 @@ def import_checkpoint(cfg: RunConfig, path: Path) -> None:
     device = resolve_device(cfg.device)
     check_writable(cfg.cache_dir)
     data = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction, seed=cfg.split,
-                        device=device, cache_dir=cfg.cache_dir)
+                        device=device, cache_dir=cfg.cache_dir, options=cfg.dataset_kwargs)
     model = LORITA.build_for_training(cfg, create_model(cfg.model, data.num_classes, data.in_shape,
                                                         **cfg.model_kwargs))
     load_authors(state, model, cfg.model, cfg.factors, path)

@@ -19,12 +19,13 @@ import torch
 from torch import nn
 
 import lorita
-from benchmarks.config import ConfigError, RunConfig
+from benchmarks.config import LATENCY_DROP, ConfigError, RunConfig
+from benchmarks.latency import ModelLatency, for_run
 from benchmarks.methods.lowrank import collapsed
 from benchmarks.methods.registry import Method, Option, Switch, register
 from benchmarks.methods.structure import LOWRANK, exclude_patterns
 from benchmarks.tracking.schema import STABLE_RANK_PREFIX
-from lorita.compose import COMPOSED
+from lorita.compose import composed_factors, make_low_rank_
 from lorita.costs import splits
 from lorita.spectra import weight_matrix
 
@@ -112,6 +113,10 @@ def _switch(cfg: RunConfig, model: nn.Module, example: torch.Tensor) -> Switch:
     scale = {name: full[name] / whole(initial[name]) for name in layers}
     epochs = cfg.budget.epochs
     latest = min(epochs - 1, math.ceil(options["max_warmup"] * epochs - 1e-9))  # 0.3 * 10 is 3.0000000000000004
+    # Under a latency target the switch plans by the measured table (built before training: read from its cache).
+    cost = None
+    if cfg.target_metric == LATENCY_DROP:
+        cost = for_run(cfg, model, tuple(example.shape[1:]), example.device, ("rank",)).plan_cost()
 
     def due(history: list[dict[str, float]]) -> bool:
         done = len(history)
@@ -127,6 +132,8 @@ def _switch(cfg: RunConfig, model: nn.Module, example: torch.Tensor) -> Switch:
             return None
         now = {name: history[-1][STABLE_RANK_PREFIX + name] for name in layers} if history else initial
         shares = {name: min(full[name], math.ceil(whole(now[name]) * scale[name])) for name in layers}
+        if cost is not None:  # scaled_ranks names only the layers the table says are faster split
+            return {"ranks": lorita.scaled_ranks(model, shares, "cost_drop", cfg.target, cost=cost)}
         ranks = lorita.scaled_ranks(model, shares, cfg.target_metric, cfg.target, example_input=example)
         # A layer whose rank is not cheaper as two factors trains on whole (scaled_ranks priced it so).
         return {"ranks": {name: rank for name, rank in ranks.items()
@@ -134,7 +141,7 @@ def _switch(cfg: RunConfig, model: nn.Module, example: torch.Tensor) -> Switch:
 
     def apply(model: nn.Module, change: Mapping[str, Any]) -> None:
         for name, rank in change["ranks"].items():
-            model.set_submodule(name, lorita.low_rank(model.get_submodule(name), rank, mode=cfg.mode))
+            make_low_rank_(model, name, rank, mode=cfg.mode)
 
     def measure(model: nn.Module) -> dict[str, float]:
         return {STABLE_RANK_PREFIX + name: value for name, value in stable_ranks(model, layers).items()}
@@ -143,16 +150,16 @@ def _switch(cfg: RunConfig, model: nn.Module, example: torch.Tensor) -> Switch:
 
 
 def _trained_ranks(trained: nn.Module) -> dict[str, int]:
-    return {name: module.factors[0].weight.shape[0] for name, module in trained.named_modules()
-            if isinstance(module, COMPOSED)}
+    return {name: factors[0].shape[0] for name, factors in composed_factors(trained).items()}
 
 
 def _compress(cfg: RunConfig, model: nn.Module, *, target: float, reference: tuple[int, int], example: torch.Tensor,
-              train_batches: Iterable, trained: nn.Module) -> tuple[nn.Module, dict]:
+              train_batches: Iterable, trained: nn.Module,
+              latency: ModelLatency | None = None) -> tuple[nn.Module, dict]:
     # The trained factors are the compressed model: the rank-r product factorizes back into them exactly (up to
-    # rounding), as two thin layers.
+    # rounding), as two thin layers (whatever FLOPs say: the switch chose them, under a latency target by the table).
     ranks = _trained_ranks(trained)
-    return lorita.factorize(model, ranks), {"kind": LOWRANK, "ranks": ranks}
+    return lorita.factorize(model, ranks, split=set(ranks)), {"kind": LOWRANK, "ranks": ranks}
 
 
 CUTTLEFISH = register(Method(
@@ -170,4 +177,5 @@ CUTTLEFISH = register(Method(
     check=_check,
     uncompressed=collapsed,
     compress=_compress,
+    latency_form="rank",
 ))

@@ -12,6 +12,7 @@ from torch import nn
 
 import lorita
 from benchmarks.config import RunConfig
+from benchmarks.latency import ModelLatency
 from benchmarks.methods.registry import STEPS, Method, Option, register, steps_option
 from benchmarks.methods.structure import LOWRANK, exclude_patterns
 from lorita.compose import INITS
@@ -26,18 +27,22 @@ PLAN_OPTIONS = {"rank_policy": RANK_POLICY, "steps": STEPS}
 
 
 def compress_lowrank(cfg: RunConfig, model: nn.Module, *, target: float, reference: tuple[int, int],
-                     example: torch.Tensor, train_batches: Iterable, trained: nn.Module) -> tuple[nn.Module, dict]:
+                     example: torch.Tensor, train_batches: Iterable, trained: nn.Module,
+                     latency: ModelLatency | None = None) -> tuple[nn.Module, dict]:
     """SVD-truncate each layer to the ranks that meet the target (lorita.plan_ranks), as two thin layers.
 
     `rank_policy` is plan_ranks' search; greedy scores its cuts on `train_batches` (cross-entropy). In round i > 1 of
     `steps`, `model` is round i - 1's fine-tuned factorized model: lorita.unfactorize multiplies its pairs back, which
     restores the uncompressed structure and so its cost, `reference`; the plan's drop is measured against it.
+    Under a latency target the plan prices layers by the measured table (`latency`) and splits exactly the layers
+    whose thin pair the table says is faster.
     """
     plain = lorita.unfactorize(model)
-    ranks = lorita.plan_ranks(plain, cfg.target_metric, target, example_input=example,
-                              exclude=exclude_patterns(cfg, plain),
-                              search=cfg.method_options.get("rank_policy", RANK_POLICY_DEFAULT), batches=train_batches)
-    return lorita.factorize(plain, ranks), {"kind": LOWRANK, "ranks": ranks}
+    policy, cost = (cfg.target_metric, None) if latency is None else ("cost_drop", latency.plan_cost())
+    ranks = lorita.plan_ranks(plain, policy, target, example_input=example, exclude=exclude_patterns(cfg, plain),
+                              search=cfg.method_options.get("rank_policy", RANK_POLICY_DEFAULT), batches=train_batches,
+                              cost=cost)
+    return lorita.factorize(plain, ranks, split=None if cost is None else set(ranks)), {"kind": LOWRANK, "ranks": ranks}
 
 
 # How composed factors start (lorita.overparameterize's init): PyTorch's default each, or spectral (Khodak+ 2021).
@@ -80,6 +85,7 @@ LORITA = register(Method(
     uncompressed=collapsed,
     steps=steps_option,
     compress=compress_lowrank,
+    latency_form="rank",
 ))
 
 SVD = register(Method(
@@ -92,4 +98,5 @@ SVD = register(Method(
     options=PLAN_OPTIONS,
     steps=steps_option,
     compress=compress_lowrank,
+    latency_form="rank",
 ))

@@ -18,7 +18,7 @@ from benchmarks.config import Budget, RunConfig
 from benchmarks.methods.lowrank import INIT, PLAN_OPTIONS, collapsed, compress_lowrank
 from benchmarks.methods.registry import Method, Option, SearchRange, StepHook, register, steps_option
 from benchmarks.methods.structure import exclude_patterns
-from lorita.compose import COMPOSED
+from lorita.compose import composed_factors
 from lorita.linalg import reduced_svd
 
 # A penalty strength is tuned like a learning rate: a decade either side of its default.
@@ -91,6 +91,7 @@ NUCLEAR = register(Method(
     training_hook=_nuclear_hook,
     steps=steps_option,
     compress=compress_lowrank,
+    latency_form="rank",
 ))
 
 
@@ -121,9 +122,8 @@ def _factorized(cfg: RunConfig, model: nn.Module) -> nn.Module:
 
 
 def _pairs(model: nn.Module) -> list[tuple[nn.Parameter, nn.Parameter]]:
-    """(first, second) factor weights of every composed layer: the layer's weight is second @ first as matrices."""
-    return [(layer.factors[0].weight, layer.factors[1].weight) for layer in model.modules()
-            if isinstance(layer, COMPOSED)]
+    """(first, second) factor weights of every composed layer and matrix: its weight is second @ first as matrices."""
+    return [(factors[0], factors[1]) for factors in composed_factors(model).values()]
 
 
 def _factor_weights(cfg: RunConfig, model: nn.Module) -> list[nn.Parameter]:
@@ -170,4 +170,5 @@ FROB_DECAY = register(Method(
     uncompressed=collapsed,
     steps=steps_option,
     compress=compress_lowrank,
+    latency_form="rank",
 ))

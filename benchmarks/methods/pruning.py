@@ -9,6 +9,7 @@ from torch import nn
 
 import baselines
 from benchmarks.config import RunConfig
+from benchmarks.latency import ModelLatency
 from benchmarks.methods.registry import (
     STEPS,
     Method,
@@ -52,13 +53,26 @@ def _hook(cfg: RunConfig, model: nn.Module, example: torch.Tensor) -> StepHook |
 
 
 def _compress(cfg: RunConfig, model: nn.Module, *, target: float, reference: tuple[int, int],
-              example: torch.Tensor, train_batches: Iterable, trained: nn.Module) -> tuple[nn.Module, dict]:
+              example: torch.Tensor, train_batches: Iterable, trained: nn.Module,
+              latency: ModelLatency | None = None) -> tuple[nn.Module, dict]:
     options = {k: v for k, v in cfg.method_options.items() if k not in _HARNESS_OPTIONS}
     ignored = [] if cfg.exclude is None else list(cfg.exclude)
+    # Under a latency target the criterion still picks which channels go; the measured table says how many.
     pruned = baselines.prune(model, cfg.method, target, metric=cfg.target_metric.removesuffix("_drop"),
                              example_input=example, train_batches=train_batches, reference=reference, seed=cfg.seed,
-                             ignored_layers=ignored, **options)
+                             ignored_layers=ignored, latency=None if latency is None else latency.prune_cost(),
+                             **options)
     return pruned, {"kind": PRUNED, "layers": baselines.pruned_structure(pruned)}
+
+
+def _not_applicable(cfg: RunConfig, model: nn.Module, example: torch.Tensor, train_batches: Iterable) -> str | None:
+    # A latency target's channel counts come from a measured table; whether the criterion can prune the model at all
+    # is the same question at that drop of FLOPs.
+    metric = "params" if cfg.target_metric == "params_drop" else "flops"
+    options = {k: v for k, v in cfg.method_options.items() if k not in _HARNESS_OPTIONS}
+    ignored = [] if cfg.exclude is None else list(cfg.exclude)
+    return baselines.not_applicable(model, cfg.method, cfg.target, metric=metric, example_input=example,
+                                    train_batches=train_batches, seed=cfg.seed, ignored_layers=ignored, **options)
 
 
 def _reg(default: float) -> Option:
@@ -76,7 +90,8 @@ def _options(spec: baselines.MethodSpec) -> dict[str, Option]:
 def _method(spec: baselines.MethodSpec) -> Method:
     return Method(name=spec.name, description=spec.description, citation=spec.citation, label=spec.label,
                   compresses=True, report_rank=3, plain_training=not spec.regularized_training,
-                  options=_options(spec), steps=steps_option, compress=_compress,
+                  options=_options(spec), steps=steps_option, compress=_compress, latency_form="width",
+                  not_applicable=_not_applicable,
                   **({"family": _regularized_family, "training_hook": _hook} if spec.regularized_training else {}))
 
 

@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.config import BUDGET_FIELDS, ConfigError, RunConfig, check_keys
+from benchmarks.config import BUDGET_FIELDS, LATENCY_DROP, ConfigError, RunConfig, check_keys
+from benchmarks.errors import did_you_mean
 
 # A per-step hook run after loss.backward() and before optimizer.step() (a sparsity regularizer).
 StepHook = Callable[[], None]
-# compress(cfg, model, target=, reference=, example=, train_batches=, trained=) -> (compressed model, structure);
-# model is the uncompressed network, trained the model as trained (Cuttlefish reads its ranks there).
+# compress(cfg, model, target=, reference=, example=, train_batches=, trained=, latency=) -> (compressed model,
+# structure); model is the uncompressed network, trained the model as trained (Cuttlefish reads its ranks there),
+# latency the network's benchmarks.latency.ModelLatency under a latency_drop target (else None).
 Compress = Callable[..., tuple[nn.Module, dict]]
 
 
@@ -116,6 +118,10 @@ def _decay_all(cfg: RunConfig, model: nn.Module) -> list[nn.Parameter]:
     return []
 
 
+def _applies(cfg: RunConfig, model: nn.Module, example: torch.Tensor, train_batches: list) -> str | None:
+    return None
+
+
 def _one_step(cfg: RunConfig) -> int:
     return 1
 
@@ -140,6 +146,11 @@ class Method:
     check: the method's checks across fields (an option against the budget), after each option's own; a ConfigError.
     switch: the change of structure the method makes during training (built on the model before its first epoch), if
     any; the trained model is cached and reloaded with it applied.
+    latency_form: the latency-table entries its compressed layers are priced by under a latency_drop target: "rank"
+    (thin pairs by rank) or "width" (layers by pruned channel counts); None: the method takes no latency target.
+    not_applicable: why the method cannot compress this model to the config's target (a dry run on the untrained
+    model, `example` and `train_batches` as compress gets them), or None; a run it names is recorded not applicable,
+    without training.
     """
 
     name: str
@@ -161,6 +172,8 @@ class Method:
     uncompressed: Callable[[RunConfig, nn.Module], nn.Module] = _same
     steps: Callable[[RunConfig], int] = _one_step
     compress: Compress | None = None
+    latency_form: str | None = None
+    not_applicable: Callable[[RunConfig, nn.Module, torch.Tensor, list], str | None] = _applies
 
     @property
     def tunable(self) -> tuple[str, ...]:
@@ -186,8 +199,10 @@ class Method:
             if cfg.target is not None or cfg.target_metric is not None:
                 raise ConfigError(f"config: {self.name} is the uncompressed reference and takes no target")
         elif cfg.target is None or cfg.target_metric is None:
-            raise ConfigError(f"config: method {self.name} needs a target: target_metric (flops_drop or "
-                              "params_drop) and target in (0, 1)")
+            raise ConfigError(f"config: method {self.name} needs a target: target_metric (flops_drop, "
+                              "params_drop or latency_drop) and target in (0, 1)")
+        elif cfg.target_metric == LATENCY_DROP and self.latency_form is None:
+            raise ConfigError(f"config: target_metric latency_drop: {self.name} cannot be planned by measured latency")
         for key, value in cfg.method_options.items():
             if key in BUDGET_FIELDS:
                 raise ConfigError(f"config: method_options.{key} would change the budget; set budget.{key} for "
@@ -219,7 +234,8 @@ def get_method(name: str) -> Method:
     """The registered method called `name`; a ConfigError listing the registry otherwise."""
     method = METHODS.get(name) if isinstance(name, str) else None
     if method is None:
-        raise ConfigError(f"config: method must be one of {', '.join(METHODS)}; got {name!r}")
+        raise ConfigError(f"config: method must be one of {', '.join(METHODS)}; got {name!r}"
+                          f"{did_you_mean(name, METHODS)}")
     return method
 
 

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.perf import common, data_path, inference, planning, train_step
+from benchmarks.perf import common, data_path, inference, latency_table, planning, train_step
 
-BENCHMARKS = {m.NAME: m for m in (train_step, data_path, planning, inference)}
+BENCHMARKS = {m.NAME: m for m in (train_step, data_path, planning, inference, latency_table)}
 COMBINED = "perf.md"
 
 

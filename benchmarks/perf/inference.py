@@ -4,8 +4,8 @@ Per model (random init: only the shapes matter for speed) and FLOPs-drop target:
   dense       lorita.collapse(lorita.overparameterize(model, 3)): the structure LoRITa training ends with
   lorita      plan_ranks(dense, "flops_drop", t, classifier excluded) then lorita.factorize
   l1, ...     baselines.prune(dense, method, t, metric="flops") (classifier kept)
-Latency is benchmarks.run.measure.latency_ms (eval-mode forward, median after warm-up) at each batch size on the CPU
-and, when torch.cuda.is_available(), on the GPU; every variant is measured once per round, rounds repeated, median kept.
+Latency is benchmarks.latency.time_interleaved (eval-mode forward, median after warm-up, every variant sampled in turn
+each round) at each batch size on the CPU and, when torch.cuda.is_available(), on the GPU.
 measured speed-up = dense latency / latency; FLOPs speed-up = dense FLOPs / FLOPs (fvcore, batch 1).
 
     python -m benchmarks.perf.inference [--out DIR] [--quick] [--models ...] [--drops 0.5 0.7] [--devices cpu cuda]
@@ -20,9 +20,10 @@ import torch
 
 import baselines
 import lorita
+from benchmarks.latency import time_interleaved
 from benchmarks.models import create_model
 from benchmarks.perf import common
-from benchmarks.run.measure import latency_ms
+from benchmarks.run.environment import synchronize
 
 NAME = "inference"
 MODELS: dict[str, tuple[int, int, int]] = {"vgg16": (3, 32, 32), "resnet20": (3, 32, 32), "fcn": (1, 28, 28)}
@@ -63,15 +64,15 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for device in args.devices:
         for batch in args.batches:
-            times: list[list[float]] = [[] for _ in models]
-            for _ in range(args.rounds):  # every variant once per round, so slow drifts hit all alike
-                for index, v in enumerate(models):
-                    if v["model"] is not None:
-                        times[index].append(latency_ms(v["model"], MODELS[name], batch, device, budget_s=args.budget,
-                                                       min_repeats=args.min_repeats))
-            dense_ms = common.median(times[0])
-            for v, ms in zip(models, times, strict=True):
-                measured = common.median(ms) if ms else None
+            x = torch.randn(batch, *MODELS[name], device=device)
+            present = [v for v in models if v["model"] is not None]
+            on_device = [v["model"].to(device).eval() for v in present]
+            window = time_interleaved([lambda m=m, x=x: m(x) for m in on_device], rounds=args.rounds,
+                                      sync=lambda d=device: synchronize(d))
+            measured_ms = {id(v): t.median_ms for v, t in zip(present, window.timings, strict=True)}
+            dense_ms = measured_ms[id(models[0])]
+            for v in models:
+                measured = measured_ms.get(id(v))
                 rows.append({
                     "model": name, "method": v["method"], "target_drop": v["target"], "device": str(device),
                     "batch": batch, "flops": v.get("flops"), "params": v.get("params"),
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows += bench_model(name, args)
     settings = {"quick": args.quick, "models": args.models, "drops": args.drops, "pruners": args.pruners,
                 "factors": FACTORS, "batches": args.batches, "devices": [str(d) for d in args.devices],
-                "rounds": args.rounds, "budget_s": args.budget, "min_repeats": args.min_repeats}
+                "rounds": args.rounds}
     return common.result(NAME, settings, rows)
 
 
@@ -114,8 +115,8 @@ def markdown(result: dict[str, Any]) -> str:
         drop = "" if target is None else f"{100 * first['flops_drop']:.1f}%"
         rows.append([model, method, "" if target is None else target, drop, f"{first['flops_speedup']:.2f}x",
                      *cells])
-    head = (f"### Inference at equal FLOPs drop (random-init models, LoRITa factors={s['factors']}; latency_ms median, "
-            f"median of {s['rounds']} round(s))\n\n"
+    head = (f"### Inference at equal FLOPs drop (random-init models, LoRITa factors={s['factors']}; median of "
+            f"{s['rounds']} interleaved round(s))\n\n"
             "Each measured column: dense latency / model latency (model latency). FLOPs speed-up: dense FLOPs / "
             "model FLOPs (fvcore, batch 1).\n\n")
     return head + common.table(["model", "method", "target drop", "FLOPs drop", "FLOPs speed-up",
@@ -131,9 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", nargs="+", type=int, default=None, help="default 1 128 (1 8 with --quick)")
     p.add_argument("--devices", nargs="+", type=common.device_arg, default=None,
                    help="default: cpu, plus cuda when available")
-    p.add_argument("--rounds", type=int, default=None, help="measurements per variant (default 3; 1 with --quick)")
-    p.add_argument("--budget", type=float, default=None, help="latency_ms budget_s (default 1.0; 0.05 with --quick)")
-    p.add_argument("--min-repeats", type=int, default=None, help="latency_ms min_repeats (default 5; 2 with --quick)")
+    p.add_argument("--rounds", type=int, default=None, help="samples per variant (default 9; 3 with --quick)")
     return p
 
 
@@ -143,9 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.drops = args.drops or ([0.5] if args.quick else [0.5, 0.7])
     args.batches = args.batches or ([1, 8] if args.quick else [1, 128])
     args.devices = args.devices or [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    args.rounds = args.rounds or (1 if args.quick else 3)
-    args.budget = args.budget if args.budget is not None else (0.05 if args.quick else 1.0)
-    args.min_repeats = args.min_repeats or (2 if args.quick else 5)
+    args.rounds = args.rounds or (3 if args.quick else 9)
     return common.finish(NAME, run(args), args.out, markdown)
 
 

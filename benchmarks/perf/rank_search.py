@@ -111,10 +111,12 @@ def measure(runs: dict[str, list[RunConfig]], experiment: str) -> list[dict[str,
     for policy, configs in runs.items():
         for cfg in configs:
             device = resolve_device(cfg.device)
-            key = (cfg.dataset, cfg.data_root, cfg.budget.val_fraction, cfg.split, str(device))
+            key = (cfg.dataset, cfg.data_root, cfg.budget.val_fraction, cfg.split, str(device),
+                   repr(sorted(cfg.dataset_kwargs.items())))
             if key not in loaded:
                 loaded[key] = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction,
-                                           seed=cfg.split, device=device, cache_dir=cfg.cache_dir)
+                                           seed=cfg.split, device=device, cache_dir=cfg.cache_dir,
+                                           options=cfg.dataset_kwargs)
             rows.append(_row(cfg, policy, loaded[key], device, finished))
     return rows
 

@@ -28,16 +28,20 @@ from benchmarks.models import create_model
 from benchmarks.perf import common
 from benchmarks.run.measure import training_step
 from benchmarks.run.train import Phase, make_optimizer
-from lorita.compose import COMPOSED, ComposedConv2d, ComposedLinear, conv_output_size, set_mode
+from lorita.compose import COMPOSED, ComposedConv2d, ComposedLinear, composed_factors, conv_output_size, set_mode
 from lorita.forward import probe
 
 NAME = "train_step"
-# (input shape, dataset it stands for) per model; every model has 10 classes.
-MODELS: dict[str, tuple[tuple[int, int, int], str]] = {
+# (input shape, dataset it stands for) per model; every model has 10 classes. The sequence models take MNIST as rows
+# (28 steps of 28 features) at their default sizes; their recurrent and attention weights are composed in place
+# (lorita.product), always as products, so every mode times the same there.
+MODELS: dict[str, tuple[tuple[int, ...], str]] = {
     "vgg16": ((3, 32, 32), "CIFAR"),
     "resnet20": ((3, 32, 32), "CIFAR"),
     "fcn": ((1, 28, 28), "MNIST"),
     "vit": ((3, 32, 32), "CIFAR"),
+    "lstm": ((28, 28), "MNIST-seq"),
+    "transformer": ((28, 28), "MNIST-seq"),
 }
 MODES = ("activation", "weight", "auto")
 # Targets of the Performance issue (2-core CPU, batch 128): LoRITa step / dense step at factors=3, mode auto.
@@ -76,9 +80,12 @@ def layer_macs(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, int, int
 
 
 def analytic(model: nn.Module, shapes: dict[str, tuple[int, ...]], mode: str) -> dict[str, int]:
-    """Extra forward multiply-adds of `mode`'s per-layer choice (the layer's own use_weight_product decides)."""
+    """Extra forward multiply-adds of `mode`'s per-layer choice (the layer's own use_weight_product decides), and of
+    the read-directly weights, whose product (N - 1 products of out x in by in x in) is formed once per forward."""
     modules = dict(model.named_modules())
-    extra = weight_layers = 0
+    products = [factors for name, factors in composed_factors(model).items() if name not in shapes]
+    extra = sum((len(f) - 1) * f[-1].shape[0] * f[0].shape[1] ** 2 for f in products)
+    weight_layers = len(products)
     for name, shape in shapes.items():
         module = modules[name]
         saved, module.mode = module.mode, mode
@@ -89,7 +96,7 @@ def analytic(model: nn.Module, shapes: dict[str, tuple[int, ...]], mode: str) ->
         _, on_activations, on_weights = layer_macs(module, shape)
         extra += on_weights if use_weight else on_activations
         weight_layers += int(use_weight)
-    return {"extra_macs": extra, "weight_layers": weight_layers, "layers": len(shapes)}
+    return {"extra_macs": extra, "weight_layers": weight_layers, "layers": len(shapes) + len(products)}
 
 
 def _dense_batch(name: str, batch: int, device: torch.device) -> tuple[str, nn.Module, torch.Tensor, torch.Tensor]:

@@ -6,78 +6,83 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 import lorita
+from benchmarks import export
+from benchmarks.export import available as ort_available
+from benchmarks.latency import ModelLatency, Window, time_interleaved
 from benchmarks.run.environment import synchronize
 from benchmarks.tracking import schema
 
-# Latency is flagged as measured under load when other work used more than this fraction of the CPUs just before.
-LOADED_BUSY = 0.25
-LOAD_WINDOW_S = 0.25
 # The paper's curve: fractions of each layer's singular values kept, without fine-tuning.
 KEEP_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
+# The suffix of latency metrics measured through ONNX Runtime (schema.latency_at).
+ORT_SUFFIX = "_ort"
 
 
-@torch.no_grad()
-def latency_ms(model: nn.Module, in_shape: tuple[int, ...], batch: int, device: torch.device,
-               *, budget_s: float = 1.0, min_repeats: int = 5, max_repeats: int = 50) -> float:
-    """Median wall time of one eval-mode forward at `batch` on `device`, after warm-up."""
-    model = copy.deepcopy(model).to(device).eval()
-    x = torch.randn(batch, *in_shape, device=device)
-    for _ in range(2):
-        model(x)
-    synchronize(device)
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - started < budget_s):
-        t0 = time.perf_counter()
-        model(x)
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+@dataclass(frozen=True)
+class LatencyRecord:
+    """A run's latency metrics (with spreads, the uncompressed network's and the speed-up) and its load tags."""
+
+    metrics: dict[str, float]
+    tags: dict[str, str]
 
 
-def latency_metrics(model: nn.Module, in_shape: tuple[int, ...], device: torch.device) -> dict[str, float]:
-    """Median forward latency at batch 1 and 128 on the CPU, and on the GPU when the run has one."""
-    cpu = torch.device("cpu")
-    out = {schema.LATENCY_MS_B1: latency_ms(model, in_shape, 1, cpu),
-           schema.LATENCY_MS_B128: latency_ms(model, in_shape, 128, cpu)}
-    if device.type == "cuda":
-        out[schema.LATENCY_MS_B1_GPU] = latency_ms(model, in_shape, 1, device)
-        out[schema.LATENCY_MS_B128_GPU] = latency_ms(model, in_shape, 128, device)
-    return out
+def _window(calls: list[Callable[[], object]], where: torch.device, size: int, suffix: str,
+            metrics: dict[str, float]) -> Window:
+    """Time the compressed and the uncompressed model's calls side by side and record them under `suffix`."""
+    window = time_interleaved(calls, sync=lambda: synchronize(where))
+    mine, theirs = window.timings
+    metrics[schema.latency_at("ms", size, suffix)] = mine.median_ms
+    metrics[schema.latency_at("iqr_ms", size, suffix)] = mine.iqr_ms
+    metrics[schema.latency_at("base_ms", size, suffix)] = theirs.median_ms
+    metrics[schema.speedup_at(size, suffix)] = theirs.median_ms / mine.median_ms
+    if window.others_busy is not None:
+        metrics[schema.latency_at("busy", size, suffix)] = window.others_busy
+    return window
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(idle, total) jiffies of all CPUs from /proc/stat; None where there is none."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return fields[3] + fields[4], sum(fields)  # idle + iowait
+def latency_metrics(model: nn.Module, base: nn.Module, in_shape: tuple[int, ...], device: torch.device, batch: int,
+                    predicted: ModelLatency | None = None, backend: str = "eager") -> LatencyRecord:
+    """Forward latency of `model` beside the uncompressed `base`, at batch 1 and `batch`, on the CPU and the GPU
+    when the run has one, and with backend "ort" through ONNX Runtime on the CPU too (suffix "_ort"): each pair timed
+    side by side in one window (benchmarks.latency.time_interleaved), with the share of the CPUs other processes used
+    during it; `predicted`'s table prediction at `batch` beside it.
 
-
-def cpu_busy(window_s: float = LOAD_WINDOW_S) -> float | None:
-    """Fraction of the machine's CPU time other work used over `window_s` (this process sleeps meanwhile)."""
-    before = _cpu_times()
-    time.sleep(window_s)
-    after = _cpu_times()
-    if before is None or after is None or after[1] == before[1]:
-        return None
-    return 1.0 - (after[0] - before[0]) / (after[1] - before[1])
-
-
-def load_tags() -> dict[str, str]:
-    """Tags saying how busy the CPU was just before a latency measurement: a busy machine's timings are flagged."""
-    busy = cpu_busy()
-    if busy is None:
-        return {}
-    return {schema.TAG_LATENCY_CPU_BUSY: f"{busy:.2f}",
-            schema.TAG_LATENCY_UNDER_LOAD: "true" if busy > LOADED_BUSY else "false"}
+    The achieved latency_drop is 1 - latency / base latency at `batch` on the run's device (backend "eager") or
+    through ONNX Runtime (backend "ort": the backend its latency table was measured with).
+    """
+    metrics: dict[str, float] = {}
+    windows: list[Window] = []
+    sizes = sorted({1, batch})
+    devices = [(torch.device("cpu"), "")] + ([(device, "_gpu")] if device.type == "cuda" else [])
+    for where, suffix in devices:
+        pair = [copy.deepcopy(m).to(where).eval() for m in (model, base)]
+        for size in sizes:
+            x = torch.randn(size, *in_shape, device=where)
+            windows.append(_window([lambda m=m, x=x: m(x) for m in pair], where, size, suffix, metrics))
+    if backend == "ort":
+        if not ort_available():
+            raise export.ExportError(f"latency_backend ort needs ONNX Runtime, which is not installed: {export.EXTRA}")
+        # One export per model, of any batch size: exporting (seconds) is slower than the timing itself, so only runs
+        # that ask for the backend pay for it.
+        sessions = [export.ort_session(copy.deepcopy(m), torch.randn(2, *in_shape)) for m in (model, base)]
+        for size in sizes:
+            x = torch.randn(size, *in_shape)
+            windows.append(_window([s.call(x) for s in sessions], torch.device("cpu"), size, ORT_SUFFIX, metrics))
+    suffix = ORT_SUFFIX if backend == "ort" else devices[-1][1]
+    metrics[schema.LATENCY_DROP] = 1 - 1 / metrics[schema.speedup_at(batch, suffix)]
+    if predicted is not None:
+        metrics[schema.latency_at("pred_ms", batch, suffix)] = predicted.predict(model)
+    busy = [w.others_busy for w in windows if w.others_busy is not None]
+    tags = {} if not busy else {schema.TAG_LATENCY_CPU_BUSY: f"{max(busy):.2f}",
+                                schema.TAG_LATENCY_UNDER_LOAD: "true" if any(w.under_load for w in windows)
+                                else "false"}
+    return LatencyRecord(metrics, tags)
 
 
 def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:

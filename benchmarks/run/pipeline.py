@@ -15,21 +15,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import lorita
-from benchmarks import checkpoints, tracking
-from benchmarks.config import RunConfig, config_to_dict, identity, stable_hash
+from benchmarks import checkpoints, export, tracking
+from benchmarks.config import LATENCY_DROP, RunConfig, config_to_dict, identity, stable_hash
 from benchmarks.data import Dataset, batches, load_dataset
+from benchmarks.errors import one_line
+from benchmarks.latency import ModelLatency
 from benchmarks.methods import Method, exclude_patterns, get_method, rebuild
 from benchmarks.methods.registry import Switch
 from benchmarks.methods.structure import DENSE, LOWRANK
-from benchmarks.models import create_model, imports_code
-from benchmarks.run import claims
+from benchmarks.models import architecture, create_model, imports_code, start_identity
+from benchmarks.run import claims, speed
 from benchmarks.run.environment import check_writable, environment_tags, resolve_device
-from benchmarks.run.measure import keep_curve, latency_metrics, load_tags
+from benchmarks.run.measure import keep_curve, latency_metrics
 from benchmarks.run.train import Phase, evaluate, train
-from benchmarks.tracking import schema
+from benchmarks.tracking import notes, schema
 
 # Budget fields that only shape fine-tuning: the trained model does not depend on them.
 FINETUNE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_schedule")
+# Test images of a logged model's input example (two or more: torch.export then leaves the batch size free).
+EXAMPLE_SAMPLES = 2
 # Batches fed to data-driven pruning criteria (Taylor, Hessian) and to greedy rank search.
 CRITERION_BATCHES = 4
 
@@ -44,6 +48,7 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
     cache_hit: bool = False
     error: str | None = None
+    not_applicable: str | None = None  # FINISHED without training: why the method does not apply
 
 
 def _phase(cfg: RunConfig, data: Dataset, *, finetune: bool, epochs: int | None = None) -> Phase:
@@ -74,7 +79,7 @@ def _training(cfg: RunConfig) -> dict:
     # The split seed only where set: keys made before it existed stay valid.
     split = {} if cfg.split_seed is None else {"split_seed": cfg.split_seed}
     return {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "dataset": cfg.dataset, "budget": budget,
-            "seed": cfg.seed, "mode": cfg.mode, **split, **family}
+            "seed": cfg.seed, "mode": cfg.mode, **split, **family, **start_identity(cfg.model, cfg.model_kwargs)}
 
 
 def training_group(cfg: RunConfig) -> str:
@@ -180,11 +185,12 @@ def _split_epochs(total: int, steps: int) -> list[int]:
 
 
 def compress_and_finetune(cfg: RunConfig, method: Method, data: Dataset, base: nn.Module, device: torch.device,
-                          log, reference: tuple[int, int], trained: nn.Module) -> tuple[nn.Module, dict, float]:
+                          log, reference: tuple[int, int], trained: nn.Module,
+                          latency: ModelLatency | None = None) -> tuple[nn.Module, dict, float]:
     """Compress to the target in `steps` rounds, fine-tuning between them within the one fine-tune budget.
 
     `reference` is the uncompressed model's (FLOPs, params): every round's drop is measured against it. `trained`
-    is the model as trained (`base` is it uncompressed).
+    is the model as trained (`base` is it uncompressed). `latency` prices plans under a latency_drop target.
     """
     example = torch.zeros(1, *data.in_shape, device=device)
     folder = check_writable(finetune_dir(cfg, data.fingerprint))
@@ -193,9 +199,11 @@ def compress_and_finetune(cfg: RunConfig, method: Method, data: Dataset, base: n
     train_batches = criterion_batches(cfg, data)
     model, structure, acc_compressed, done = base, {}, float("nan"), 0
     for i, epochs in enumerate(_split_epochs(cfg.budget.finetune_epochs, steps), 1):
+        tqdm.write(f"compressing to {cfg.target_metric} {cfg.target * i / steps:.3g}"
+                   + (f" (round {i} of {steps})" if steps > 1 else ""))
         model, structure = method.compress(cfg, copy.deepcopy(model), target=cfg.target * i / steps,
                                            reference=reference, example=example, train_batches=train_batches,
-                                           trained=trained)
+                                           trained=trained, latency=latency)
         model = model.to(device)
         acc_compressed = evaluate(model, data.test_x, data.test_y, data)
         train(model, data, _phase(cfg, data, finetune=True, epochs=epochs), seed=cfg.seed + i,
@@ -254,7 +262,9 @@ def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = F
     tracking.ensure_store()
     # The data's content is part of the run's identity: the same config on other data is another run.
     data = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction, seed=cfg.split,
-                        device=device, cache_dir=cfg.cache_dir)
+                        device=device, cache_dir=cfg.cache_dir, options=cfg.dataset_kwargs)
+    # A typo in a model name or option fails here, in one line, rather than as a FAILED run in the store.
+    method.build_for_training(cfg, _fresh_model(cfg, data))
     while True:
         with claims.claimed(run_key(cfg, data.fingerprint), wait=cfg.wait) as held:
             if not held:
@@ -296,12 +306,26 @@ def _claimed(cfg: RunConfig, method: Method, data: Dataset, device: torch.device
         existing = tracking.find_run(cfg.experiment, cfg.config_hash(), data_fingerprint=data.fingerprint)
         if existing is not None:
             tqdm.write(f"already finished in the store as run {existing}: skipped (use --force to run again)")
-            return RunResult(cfg, existing, schema.STATUS_SKIPPED)
+            return RunResult(cfg, existing, schema.STATUS_SKIPPED, tracking.run_metrics(existing))
     else:
         shutil.rmtree(finetune_dir(cfg, data.fingerprint), ignore_errors=True)
+    # A method that cannot compress this model to the target (a dry run on the untrained model) is recorded as not
+    # applicable, FINISHED without training: counted neither as failed nor as left to resume.
+    reason = method.not_applicable(cfg, _fresh_model(cfg, data).to(device),
+                                   torch.zeros(1, *data.in_shape, device=device), criterion_batches(cfg, data))
+    # Under a latency target the table is built (or read) and the target checked before the run is recorded.
+    table = None
+    if not reason and cfg.target_metric == LATENCY_DROP:
+        table = speed.prepared(cfg, method, _fresh_model(cfg, data), data, device, criterion_batches(cfg, data))
+    label = method.display_label(cfg.factors, cfg.method_options, cfg.exclude)
+    note = notes.run_note(label, cfg.model, cfg.dataset, cfg.seed, cfg.budget_hash(), cfg.target_metric, cfg.target,
+                          (tags or {}).get(schema.TAG_SWEEP), reason)
+    # A sweep's run names its parent by a tag of ours: nested under it, the MLflow UI would hide the grid.
+    sweep = {schema.TAG_SWEEP_RUN: parent_run_id} if parent_run_id is not None else {}
     run_id = tracking.start_run(cfg.experiment, run_name(cfg), params=config_to_dict(cfg),
-                                tags={**run_tags(cfg, device, data.fingerprint), **(tags or {})},
-                                parent_run_id=parent_run_id)
+                                tags={**run_tags(cfg, device, data.fingerprint), **(tags or {}), **sweep,
+                                      schema.TAG_NOTE: note,
+                                      **({schema.TAG_NOT_APPLICABLE: reason} if reason else {})})
 
     def log(metrics: dict[str, float], step: int) -> None:
         tracking.log_metrics(run_id, metrics, step=step)
@@ -309,14 +333,17 @@ def _claimed(cfg: RunConfig, method: Method, data: Dataset, device: torch.device
     with tracking.recorded(run_id):
         # Inside the block: a Ctrl-C from here on leaves the run KILLED, never RUNNING.
         tracking.log_text(run_id, schema.ARTIFACT_CONFIG, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        result = _stages(cfg, method, data, device, run_id, log, latency)
+        if reason:  # a dry run showed the method cannot compress this model: recorded, never trained
+            tqdm.write(f"{run_name(cfg)} is not applicable: {reason}")
+            return RunResult(cfg, run_id, schema.STATUS_FINISHED, not_applicable=reason)
+        result = _stages(cfg, method, data, device, run_id, log, latency, table)
     # Finished: a later --force run (or the same config in another experiment) must fine-tune afresh.
     shutil.rmtree(finetune_dir(cfg, data.fingerprint), ignore_errors=True)
     return result
 
 
 def _stages(cfg: RunConfig, method: Method, data: Dataset, device: torch.device, run_id: str, log,
-            latency: bool) -> RunResult:
+            latency: bool, table: ModelLatency | None) -> RunResult:
     trained = obtain_trained(cfg, method, data, device, log, lambda history: tracking.log_history(run_id, history))
     tracking.set_tags(run_id, {schema.TAG_CACHE_HIT: "true" if trained.cache_hit else "false"})
     base = method.uncompressed(cfg, trained.model)
@@ -326,7 +353,7 @@ def _stages(cfg: RunConfig, method: Method, data: Dataset, device: torch.device,
         final, structure, acc_compressed, acc_finetuned = base, {"kind": DENSE}, acc_trained, acc_trained
     else:
         final, structure, acc_compressed = compress_and_finetune(cfg, method, data, base, device, log,
-                                                                 (flops_base, params_base), trained.model)
+                                                                 (flops_base, params_base), trained.model, table)
         acc_finetuned = evaluate(final, data.test_x, data.test_y, data)
     flops, params = model_size(final, data, device)
     metrics = {schema.ACC_TRAINED: acc_trained, schema.ACC_COMPRESSED: acc_compressed,
@@ -335,8 +362,12 @@ def _stages(cfg: RunConfig, method: Method, data: Dataset, device: torch.device,
                schema.FLOPS_DROP: 1 - flops / flops_base, schema.PARAMS_DROP: 1 - params / params_base,
                schema.TRAIN_TIME_S: trained.meta["train_time_s"]}
     if latency:
-        tracking.set_tags(run_id, load_tags())
-        metrics.update(latency_metrics(final, data.in_shape, device))
+        tqdm.write(f"measuring latency (batch 1 and batch {cfg.latency_batch}) on {device}")
+        predictor = table or speed.cached(cfg, method, base, data.in_shape, device)
+        record = latency_metrics(final, base, data.in_shape, device, cfg.latency_batch, predictor,
+                                 cfg.latency_backend)
+        tracking.set_tags(run_id, record.tags)
+        metrics.update(record.metrics)
     tracking.log_metrics(run_id, metrics)
     tracking.log_series(run_id, schema.ACC_AT_KEEP, {int(k): v for k, v in trained.meta["acc_at_keep"].items()})
     tracking.log_json(run_id, schema.ARTIFACT_SPECTRA, trained.meta["spectra"])
@@ -347,7 +378,21 @@ def _stages(cfg: RunConfig, method: Method, data: Dataset, device: torch.device,
         tracking.log_json(run_id, schema.ARTIFACT_SWITCH, trained.meta["switch"])
     structure = {**structure, "num_classes": data.num_classes, "in_shape": list(data.in_shape)}
     tracking.log_state(run_id, {k: v.cpu() for k, v in final.state_dict().items()}, structure)
+    _log_model(run_id, final, data)
     return RunResult(cfg, run_id, schema.STATUS_FINISHED, metrics, cache_hit=trained.cache_hit)
+
+
+def _log_model(run_id: str, model: nn.Module, data: Dataset) -> None:
+    """Log the compressed model as the run's MLflow model; its input example is the first test images, normalized."""
+    example = next(batches(data.test_x, data.test_y, EXAMPLE_SAMPLES, mean=data.mean, std=data.std, augment=False,
+                           shuffle=False))[0].cpu()
+    try:
+        program = export.exported(copy.deepcopy(model), example)
+    except Exception as err:  # noqa: BLE001 - a model torch.export cannot trace keeps its numbers; the tag says why
+        tqdm.write(f"the compressed model is not logged as an MLflow model: {one_line(err)}")
+        tracking.set_tags(run_id, {schema.TAG_MODEL_NOT_LOGGED: one_line(err)[:500]})
+        return
+    tracking.log_model(run_id, program, example, {"normalize_mean": list(data.mean), "normalize_std": list(data.std)})
 
 
 def load_model(run_id: str, cfg: RunConfig | None = None, *, trust_code: bool = False) -> nn.Module:
@@ -369,7 +414,8 @@ def load_model(run_id: str, cfg: RunConfig | None = None, *, trust_code: bool = 
     else:
         name, kwargs = cfg.model, cfg.model_kwargs
     state, structure = tracking.load_state(run_id)
-    model = create_model(name, structure["num_classes"], tuple(structure["in_shape"]), **kwargs)
+    # The stored state replaces every weight: the files a training started from need not be there any more.
+    model = create_model(name, structure["num_classes"], tuple(structure["in_shape"]), **architecture(name, kwargs))
     model = rebuild(model, structure)
     model.load_state_dict(state)
     return model.eval()

@@ -194,8 +194,9 @@ def train(model: nn.Module, data: Dataset, phase: Phase, *, seed: int, checkpoin
 
     names = phase.metrics
     steps = math.ceil(len(data.train_y) / phase.batch_size)
+    # No bar for a phase without epochs (no fine-tuning budget): it would show an empty "0 epoch" line.
     epochs = tqdm(range(start, phase.epochs), desc=desc, initial=start, total=phase.epochs, unit="epoch",
-                  leave=False, dynamic_ncols=True)
+                  leave=False, dynamic_ncols=True, disable=True if phase.epochs == 0 else None)
     with interrupts.deferred():
         for epoch in epochs:
             if switch is not None and switch.made is None and not done:

@@ -7,6 +7,7 @@ recorded and the sweep goes on; latency is measured afterwards, on the otherwise
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from collections import Counter
@@ -18,16 +19,20 @@ from tqdm.auto import tqdm
 
 from benchmarks import tracking
 from benchmarks.config import EXECUTORS, ConfigError, RunConfig
-from benchmarks.data import fingerprint
+from benchmarks.data import fingerprint, load_dataset
+from benchmarks.methods import get_method
+from benchmarks.models import create_model
+from benchmarks.results import finished_runs, results_table
 from benchmarks.run import claims
 from benchmarks.run.environment import resolve_device
-from benchmarks.run.measure import latency_metrics, load_tags
-from benchmarks.run.pipeline import RunResult, load_model, run_name
+from benchmarks.run.measure import latency_metrics
+from benchmarks.run.pipeline import RunResult, criterion_batches, load_model, run_name
+from benchmarks.run.speed import cached, tables
 from benchmarks.sweeps import cluster
 from benchmarks.sweeps.grid import Sweep, check_inputs, expand, grid_hash, load_sweep
 from benchmarks.sweeps.local import run_parallel, run_sequential
 from benchmarks.sweeps.schedule import EXIT_INCOMPLETE
-from benchmarks.tracking import schema
+from benchmarks.tracking import notes, schema
 from benchmarks.tuning.tuner import tune
 
 Identity = tuple[str, str]  # (config hash, data fingerprint): what makes two runs the same measurement
@@ -35,9 +40,12 @@ Identity = tuple[str, str]  # (config hash, data fingerprint): what makes two ru
 
 def _identities(runs: list[RunConfig]) -> dict[str, Identity]:
     """Each run's identity by config hash; each dataset is fingerprinted once (from its cache after the first)."""
-    prints = {key: fingerprint(key[0], data_root=key[1], cache_dir=key[2])
-              for key in dict.fromkeys((cfg.dataset, cfg.data_root, cfg.cache_dir) for cfg in runs)}
-    return {(h := cfg.config_hash()): (h, prints[cfg.dataset, cfg.data_root, cfg.cache_dir]) for cfg in runs}
+    def source(cfg: RunConfig) -> tuple:
+        return cfg.dataset, cfg.data_root, cfg.cache_dir, json.dumps(cfg.dataset_kwargs, sort_keys=True)
+
+    prints = {key: fingerprint(key[0], data_root=key[1], cache_dir=key[2], options=json.loads(key[3]))
+              for key in dict.fromkeys(source(cfg) for cfg in runs)}
+    return {(h := cfg.config_hash()): (h, prints[source(cfg)]) for cfg in runs}
 
 
 def _finished_runs(experiment: str) -> pd.DataFrame:
@@ -60,7 +68,8 @@ def _parent_run(sweep: Sweep, runs: list[RunConfig]) -> tuple[str, bool]:
     if len(found):
         return found.sort_values("start_time").iloc[-1]["run_id"], True
     run_id = tracking.start_run(sweep.name, f"sweep-{sweep.name}", params=sweep.source,
-                                tags={schema.TAG_SWEEP: sweep.name, schema.TAG_GRID_HASH: digest})
+                                tags={schema.TAG_SWEEP: sweep.name, schema.TAG_GRID_HASH: digest,
+                                      schema.TAG_NOTE: notes.sweep_note(sweep.name, len(runs))})
     tracking.log_text(run_id, schema.ARTIFACT_SWEEP, yaml.safe_dump(sweep.source, sort_keys=False))
     return run_id, False
 
@@ -91,6 +100,9 @@ def _measure_missing_latency(experiment: str, runs: list[RunConfig], identities:
     column = f"metrics.{schema.LATENCY_MS_B1}"
     if column in frame:
         frame = frame[frame[column].isna()]
+    not_applicable = f"tags.{schema.TAG_NOT_APPLICABLE}"
+    if not_applicable in frame:  # recorded without a model: nothing to time
+        frame = frame[frame[not_applicable].isna()]
     found = [(row["run_id"], by_identity[key]) for row in frame.to_dict("records")
              if (key := (row[f"tags.{schema.TAG_CONFIG_HASH}"], row[f"tags.{schema.TAG_DATA_FINGERPRINT}"]))
              in by_identity]
@@ -98,26 +110,61 @@ def _measure_missing_latency(experiment: str, runs: list[RunConfig], identities:
         with claims.claimed(f"latency-{run_id}", wait=False) as mine:
             if not mine or tracking.has_metric(run_id, schema.LATENCY_MS_B1):
                 continue  # another sweep measures it, or has
-            in_shape = tuple(tracking.load_json(run_id, schema.ARTIFACT_STRUCTURE)["in_shape"])
+            structure = tracking.load_json(run_id, schema.ARTIFACT_STRUCTURE)
+            in_shape = tuple(structure["in_shape"])
             device = resolve_device(cfg.device)
-            load = load_tags()
-            tracking.log_metrics(run_id, latency_metrics(load_model(run_id, cfg), in_shape, device))
-            tracking.set_tags(run_id, load)
+            method = get_method(cfg.method)
+            # The uncompressed network's latency does not depend on its weights: a fresh one is timed beside.
+            base = create_model(cfg.model, structure["num_classes"], in_shape, **cfg.model_kwargs)
+            record = latency_metrics(load_model(run_id, cfg), base, in_shape, device, cfg.latency_batch,
+                                     cached(cfg, method, base, in_shape, device), cfg.latency_backend)
+            tracking.log_metrics(run_id, record.metrics)
+            tracking.set_tags(run_id, record.tags)
 
 
 def _summary(name: str, results: list[RunResult], skipped_before: int, not_run: int, seconds: float) -> str:
-    """Counts of finished, skipped, held and failed runs, and each failed or held run's name."""
+    """Counts of finished, skipped, held and failed runs, and each failed, held or not applicable run's name."""
     count = Counter(r.status for r in results)
     skipped = skipped_before + count[schema.STATUS_SKIPPED]
     held = count[schema.STATUS_HELD]
-    lines = [f"sweep {name}: {count[schema.STATUS_FINISHED]} finished, {skipped} skipped (already finished), "
+    not_applicable = [r for r in results if r.not_applicable]
+    lines = [f"sweep {name}: {count[schema.STATUS_FINISHED]} finished"
+             + (f" ({len(not_applicable)} of them not applicable, not trained)" if not_applicable else "")
+             + f", {skipped} skipped (already finished), "
              + (f"{held} held by another process, " if held else "")
              + f"{count[schema.STATUS_FAILED]} failed" + (f", {not_run} not run" if not_run else "")
              + f" in {seconds:.0f} s"]
     lines += [f"  FAILED {run_name(r.config)}: {r.error}" for r in results if r.status == schema.STATUS_FAILED]
     lines += [f"  HELD {run_name(r.config)}: another process is running it (--wait waits for it)"
               for r in results if r.status == schema.STATUS_HELD]
+    lines += [f"  N/A {run_name(r.config)}: {r.not_applicable}" for r in not_applicable]
     return "\n".join(lines)
+
+
+def check_models(runs: list[RunConfig]) -> None:
+    """Build each distinct model of `runs` once, on its data's shape: a typo in a model name or option is then one line
+    before anything is recorded, not a FAILED run per config."""
+    shapes: dict[tuple, tuple[int, tuple[int, int, int]]] = {}
+    built = set()
+    for cfg in runs:
+        source = (cfg.dataset, cfg.data_root, cfg.cache_dir, json.dumps(cfg.dataset_kwargs, sort_keys=True))
+        if source not in shapes:
+            data = load_dataset(cfg.dataset, data_root=cfg.data_root, cache_dir=cfg.cache_dir,
+                                options=cfg.dataset_kwargs)
+            shapes[source] = data.num_classes, data.in_shape
+        key = (cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True), shapes[source])
+        if key not in built:
+            create_model(cfg.model, *shapes[source], **cfg.model_kwargs)
+            built.add(key)
+
+
+def grid_results(experiment: str, identities: dict[str, Identity]) -> str:
+    """The results table of the grid's finished runs (those of its configs on its data)."""
+    frame = finished_runs(experiment)
+    keys = list(zip(frame.get(f"tags.{schema.TAG_CONFIG_HASH}", []), frame.get(f"tags.{schema.TAG_DATA_FINGERPRINT}",
+                                                                                []), strict=True))
+    ours = set(identities.values())
+    return f"results of sweep {experiment}:\n" + results_table(frame[[key in ours for key in keys]])
 
 
 def run_sweep(path: str, *, jobs: int = 1, executor: str = "local", address: str | None = None,
@@ -139,6 +186,7 @@ def run_sweep(path: str, *, jobs: int = 1, executor: str = "local", address: str
     check_executor(jobs, executor, ray_options)
     runs = None
     if sweep.tuning is not None:
+        tables(expand(sweep), criterion_batches)  # the trials read them: measured here first, on the idle machine
         selection = tune(sweep, jobs=jobs, executor=executor, ray_options=ray_options,
                          wait=bool(sweep.common.get("wait")))
         if selection.code:
@@ -181,10 +229,12 @@ def run_grid(sweep: Sweep, runs: list[RunConfig] | None = None, *, jobs: int = 1
     finished = _finished(sweep.name)
     pending = [cfg for cfg in runs if identities[cfg.config_hash()] not in finished]
     done_hashes = {cfg.config_hash() for cfg in runs} - {cfg.config_hash() for cfg in pending}
+    check_models(pending)
     parent = _parent_run(sweep, runs)
     how = f"as Ray tasks on {cluster.describe(address)}" if executor == "ray" else (
         f"with {jobs} job{'s' if jobs > 1 else ''}")
     print(_plan(sweep, runs, done_hashes, how, parent), flush=True)
+    tables(pending, criterion_batches)  # measured here, one layer at a time, before any worker loads the machine
     results: list[RunResult] = []
     started = time.perf_counter()
     status, error = schema.STATUS_FAILED, "the sweep stopped on an error"
@@ -215,5 +265,7 @@ def run_grid(sweep: Sweep, runs: list[RunConfig] | None = None, *, jobs: int = 1
         tracking.end_run(parent[0], status, error)
         print(_summary(sweep.name, results, len(runs) - len(pending), len(pending) - len(results),
                        time.perf_counter() - started), flush=True)
+    # Not in `finally`: an interrupted or broken sweep ends with its summary, and a store that is away says so once.
+    print(grid_results(sweep.name, identities), flush=True)
     return 1 if status == schema.STATUS_FAILED else EXIT_INCOMPLETE if status == schema.STATUS_KILLED else 0
 

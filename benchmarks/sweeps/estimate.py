@@ -42,9 +42,10 @@ def _step_seconds(model: str, kwargs: str, in_shape: tuple[int, ...], num_classe
 
 
 @functools.cache
-def _size(dataset: str, data_root: str | None, cache_dir: str) -> tuple[int, tuple[int, ...], int]:
-    """(training images, input shape, classes) of a dataset, loaded once per process."""
-    data = load_dataset(dataset, data_root=data_root, cache_dir=cache_dir)
+def _size(dataset: str, data_root: str | None, cache_dir: str, options: str = "{}") -> tuple[int, tuple[int, ...], int]:
+    """(training images, input shape, classes) of a dataset (`options`: its dataset_kwargs as JSON), loaded once per
+    process."""
+    data = load_dataset(dataset, data_root=data_root, cache_dir=cache_dir, options=json.loads(options))
     return len(data.train_y), data.in_shape, data.num_classes
 
 
@@ -55,7 +56,8 @@ def estimate(runs: list[RunConfig]) -> Estimate:
     seconds = 0.0
 
     def cost(cfg: RunConfig, factors: int) -> float:
-        count, in_shape, num_classes = _size(cfg.dataset, cfg.data_root, cfg.cache_dir)
+        count, in_shape, num_classes = _size(cfg.dataset, cfg.data_root, cfg.cache_dir,
+                                             json.dumps(cfg.dataset_kwargs, sort_keys=True))
         step = _step_seconds(cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True), in_shape, num_classes,
                              cfg.budget.batch_size, factors, cfg.device)
         # The validation split is held out of training.

@@ -7,11 +7,13 @@ combination becomes one RunConfig, validated before anything trains.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.config import (
+    LATENCY_DROP,
     MAX_NAME,
     TARGET_METRICS,
     ConfigError,
@@ -20,6 +22,7 @@ from benchmarks.config import (
     load_yaml,
     make_config,
     shown,
+    speedup_target,
     stable_hash,
 )
 from benchmarks.data import check_available
@@ -32,10 +35,11 @@ from benchmarks.tuning.space import FACTORS, Tuning, parse_tuning
 SWEEP_KEYS = {
     "name": "the MLflow experiment name",
     "models": "model names or {name: ..., <model options>} mappings",
-    "datasets": "dataset names or {name: ..., data_root: ...} mappings",
+    "datasets": "dataset names or {name: ..., data_root: ..., dataset_kwargs: {size: ...}, budget: {...}} mappings "
+                "(budget: fields this dataset's runs set over the sweep's budget, one value each)",
     "methods": "method names (see lorita-bench methods)",
     "factors": "LoRITa's N values (other methods train with factors = 1)",
-    "targets": "{flops_drop: [...], params_drop: [...]}",
+    "targets": "{flops_drop: [...], params_drop: [...], latency_drop: [...], speedup: [...]}",
     "seeds": "integer seeds",
     "budget": "budget fields; a list value makes one budget per value",
     "method_options": "{method: {option: value}}",
@@ -45,12 +49,14 @@ SWEEP_KEYS = {
     "mode": "LoRITa's forward mode",
     "wait": "true: wait for runs another process is running on the store (default false: report them held)",
     "split_seed": "seeds the validation split (budget.val_fraction) for every run alike (default: each run's seed)",
+    "latency_batch": "batch size of latency targets and of the latency recorded beside batch 1 (default 128)",
+    "latency_backend": "how latency is measured: eager (PyTorch) or ort (ONNX Runtime, CPU)",
     "tuning": "{trials, space, objective, sampler, seed, val_fraction, storage}: tune every method alike first",
 }
 REQUIRED_KEYS = ("name", "models", "datasets", "methods")
 # Keys copied unchanged into every run's config.
-COMMON_KEYS = ("device", "cache_dir", "exclude", "mode", "wait", "split_seed")
-DATASET_KEYS = ("name", "data_root")
+COMMON_KEYS = ("device", "cache_dir", "exclude", "mode", "wait", "split_seed", "latency_batch", "latency_backend")
+DATASET_KEYS = ("name", "data_root", "dataset_kwargs", "budget")
 
 
 @dataclass(frozen=True)
@@ -93,14 +99,30 @@ def _dataset(index: int, entry: Any) -> dict:
         raise ConfigError(f"sweep: datasets[{index}] must be a dataset name or {{name: ..., data_root: ...}}; "
                           f"got {entry!r}")
     check_keys(entry, DATASET_KEYS, context="sweep", prefix=f"datasets[{index}].")
-    return {"dataset": entry["name"], **({"data_root": entry["data_root"]} if "data_root" in entry else {})}
+    budget = entry.get("budget", {})
+    # One value per field: a list would make comparison groups that other datasets of the grid lack.
+    if not isinstance(budget, Mapping) or any(isinstance(v, list | Mapping) for v in budget.values()):
+        raise ConfigError(f"sweep: datasets[{index}].budget must be a mapping of budget fields to one value each "
+                          f"(e.g. {{epochs: 10}}); got {budget!r}")
+    options = entry.get("dataset_kwargs", {})
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"sweep: datasets[{index}].dataset_kwargs must be a mapping of dataset options (e.g. "
+                          f"{{size: 32}}); got {options!r}")
+    return {"dataset": entry["name"], **({"data_root": entry["data_root"]} if "data_root" in entry else {}),
+            **({"dataset_kwargs": dict(options)} if options else {}), **({"budget": dict(budget)} if budget else {})}
+
+
+# A targets key that lists speed-ups rather than drops.
+SPEEDUP = "speedup"
 
 
 def _targets(value: Any) -> list[tuple[str, float]]:
     if not isinstance(value, Mapping) or not value:
         raise ConfigError(f"sweep: targets must be a mapping {SWEEP_KEYS['targets']}; got {value!r}")
-    check_keys(value, TARGET_METRICS, context="sweep", prefix="targets.")
-    return [(metric, target) for metric, values in value.items() for target in _as_list("targets", values)]
+    check_keys(value, (*TARGET_METRICS, SPEEDUP), context="sweep", prefix="targets.")
+    # A speed-up S is the latency_drop target 1 - 1/S (the name users think in; the runs record the drop).
+    return [(LATENCY_DROP, speedup_target(target, f"targets.{SPEEDUP}")) if metric == SPEEDUP else (metric, target)
+            for metric, values in value.items() for target in _as_list("targets", values)]
 
 
 def _budgets(value: Any) -> list[dict]:
@@ -197,7 +219,9 @@ def expand(sweep: Sweep) -> list[RunConfig]:
     """Every run of the grid, validated and resolved, ordered so that runs sharing a trained model are adjacent."""
     unique: dict[str, RunConfig] = {}
     for budget, model, dataset, seed in itertools.product(sweep.budgets, sweep.models, sweep.datasets, sweep.seeds):
-        base = {"experiment": sweep.name, **sweep.common, **model, **dataset, "seed": seed, "budget": budget}
+        data = {key: value for key, value in dataset.items() if key != "budget"}
+        base = {"experiment": sweep.name, **sweep.common, **model, **data, "seed": seed,
+                "budget": {**budget, **dataset.get("budget", {})}}
         for variant in _variants(sweep):
             cfg = get_method(variant["method"]).resolve(make_config({**base, **variant}))
             # A repeated axis value (factors: [2, 2]) would otherwise run the same config twice at once.
@@ -221,8 +245,10 @@ def grid_hash(runs: list[RunConfig]) -> str:
 
 def check_inputs(runs: list[RunConfig]) -> None:
     """Fail before anything trains on a missing dataset, an unwritable cache or an absent device."""
-    for dataset, data_root in dict.fromkeys((cfg.dataset, cfg.data_root) for cfg in runs):
-        check_available(dataset, data_root)
+    sources = dict.fromkeys((cfg.dataset, cfg.data_root, json.dumps(cfg.dataset_kwargs, sort_keys=True))
+                            for cfg in runs)
+    for dataset, data_root, options in sources:
+        check_available(dataset, data_root, json.loads(options))
     for cache_dir in {cfg.cache_dir for cfg in runs}:
         check_writable(cache_dir)
     for device in {cfg.device for cfg in runs}:

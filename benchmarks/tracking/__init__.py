@@ -12,6 +12,7 @@ from benchmarks.tracking.delivery import (
     log_history,
     log_json,
     log_metrics,
+    log_model,
     log_series,
     log_state,
     log_text,
@@ -20,13 +21,16 @@ from benchmarks.tracking.delivery import (
     start_run,
     sync,
 )
+from benchmarks.tracking.models import LOGGED_MODEL, checked_program
 from benchmarks.tracking.sqlite_store import StoreError
 from benchmarks.tracking.store import (
     ARTIFACTS_DIR,
     DB_FILE,
     MissingArtifact,
     client,
+    delete_run,
     environment,
+    experiment_names,
     find_run,
     get_or_create_experiment,
     has_metric,
@@ -35,17 +39,21 @@ from benchmarks.tracking.store import (
     load_state,
     load_text,
     metric_history,
+    run_metrics,
+    run_record,
     running_runs,
     search_runs,
     sqlite_db,
     tracking_uri,
     ui_command,
+    ui_page,
 )
 
 __all__ = [
-    "ARTIFACTS_DIR", "DB_FILE", "MissingArtifact", "StoreError", "SyncResult", "client", "end_run", "ensure_store",
-    "environment", "find_run", "flatten", "get_or_create_experiment", "has_metric", "is_http", "load_json",
-    "load_state", "load_text", "log_history", "log_json", "log_metrics", "log_series", "log_state", "log_text",
-    "metric_history", "recorded", "running_runs", "search_runs", "set_tags", "sqlite_db", "start_run", "sync",
-    "tracking_uri", "ui_command",
+    "ARTIFACTS_DIR", "DB_FILE", "LOGGED_MODEL", "MissingArtifact", "StoreError", "SyncResult", "client", "delete_run",
+    "checked_program", "end_run", "ensure_store", "environment", "experiment_names", "find_run", "flatten",
+    "get_or_create_experiment", "has_metric", "is_http", "load_json", "load_state", "load_text", "log_history",
+    "log_json", "log_metrics", "log_model", "log_series", "log_state", "log_text", "metric_history", "recorded",
+    "run_metrics", "run_record", "running_runs", "search_runs", "set_tags",
+    "sqlite_db", "start_run", "sync", "tracking_uri", "ui_command", "ui_page",
 ]

@@ -20,7 +20,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 from benchmarks.errors import one_line
-from benchmarks.tracking import outbox, schema, sender
+from benchmarks.tracking import models, outbox, schema, sender
 from benchmarks.tracking.sender import MAX_PARAMS_TAGS_PER_BATCH, SEND_SETTINGS, chunks
 from benchmarks.tracking.store import (
     check_store,
@@ -82,7 +82,7 @@ def _deliver(run_id: str, record: dict[str, Any]) -> None:
     if not is_http(uri):
         sender.send(uri, run_id, record)
         return
-    file = Path(record["path"]) if record["op"] == "file" else None  # the caller's file is temporary: kept
+    file = Path(record["path"]) if record["op"] in ("file", "model") else None  # the caller's is temporary: kept
     outbox.keep(run_id, {**record, "uri": uri}, file=file)
     sender.wake(run_id)
 
@@ -195,6 +195,17 @@ def log_state(run_id: str, state_dict: Mapping[str, Any], structure: Mapping[str
         torch.save(state_dict, path)  # as given: a module's state dict carries _metadata (layer versions)
         _deliver(run_id, {"op": "file", "path": str(path)})
     log_json(run_id, schema.ARTIFACT_STRUCTURE, structure)
+
+
+def log_model(run_id: str, program: torch.export.ExportedProgram, example: torch.Tensor,
+              metadata: Mapping[str, Any] | None = None) -> None:
+    """Log the run's compressed model (a torch.export program) as its MLflow model, pt2-serialized with a signature
+    and `example` (a small batch) as input example; queued in the outbox like every record while a server is away."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pt2"
+        torch.export.save(program, path)
+        _deliver(run_id, {"op": "model", "path": str(path), "name": models.LOGGED_MODEL,
+                          "example": example.cpu().tolist(), "metadata": dict(metadata or {})})
 
 
 def end_run(run_id: str, status: str = schema.STATUS_FINISHED, error: str | None = None) -> None:

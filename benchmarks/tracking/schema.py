@@ -50,8 +50,29 @@ FLOPS_DROP = "flops_drop"  # 1 - flops / flops_base
 PARAMS_DROP = "params_drop"  # 1 - params / params_base
 LATENCY_MS_B1 = "latency_ms_b1"  # CPU, batch size 1
 LATENCY_MS_B128 = "latency_ms_b128"  # CPU, batch size 128
+LATENCY_DROP = "latency_drop"  # 1 - latency / the uncompressed network's, measured side by side at latency_batch
 LATENCY_MS_B1_GPU = "latency_ms_b1_gpu"
+LATENCY_MS_B1_ORT = "latency_ms_b1_ort"  # ONNX Runtime on the CPU, beside eager (where onnxruntime is installed)
 LATENCY_MS_B128_GPU = "latency_ms_b128_gpu"
+
+
+def latency_at(kind: str, batch: int, suffix: str = "") -> str:
+    """A latency metric at one batch size: kind "ms" (median of the compressed model), "iqr_ms" (its spread),
+    "pred_ms" (the latency table's prediction), "base_ms" (the uncompressed model, measured beside it),
+    "busy" (share of the CPUs other processes used during the window); suffix "_gpu" or "_ort" for the backend."""
+    return f"latency_{kind}_b{batch}{suffix}"
+
+
+def speedup_at(batch: int, suffix: str = "") -> str:
+    """Measured speed-up at one batch size: latency of the uncompressed model over the compressed one, side by side."""
+    return f"speedup_b{batch}{suffix}"
+
+
+def export_max_abs_diff(fmt: str) -> str:
+    """`lorita-bench export`'s check of a run's exported file: the largest absolute difference from PyTorch's."""
+    return f"export_max_abs_diff_{fmt}"
+
+
 TRAIN_TIME_S = "train_time_s"
 # A training that changed the model's structure (Cuttlefish's switch to factors): the epochs trained before it.
 SWITCH_EPOCH = "switch_epoch"
@@ -86,9 +107,11 @@ TAG_CPU_MODEL = "cpu_model"
 TAG_THREADS = "threads"
 TAG_GPU_NAME = "gpu_name"
 TAG_CACHE_HIT = "cache_hit"  # "true" when the trained model came from the cache, else "false"
-TAG_LATENCY_CPU_BUSY = "latency_cpu_busy"  # fraction of CPU time other work used just before latency was measured
-TAG_LATENCY_UNDER_LOAD = "latency_under_load"  # "true" when that fraction was above measure.LOADED_BUSY
+# The largest share of the CPUs' time other processes used during a latency window of the run (/proc/stat deltas).
+TAG_LATENCY_CPU_BUSY = "latency_cpu_busy"
+TAG_LATENCY_UNDER_LOAD = "latency_under_load"  # "true" when a window's share was above latency.timing.LOADED_SHARE
 TAG_ERROR = "error"  # message of a FAILED run
+TAG_MODEL_NOT_LOGGED = "model_not_logged"  # why a FINISHED run has no logged model (torch.export could not trace it)
 TAG_SWEEP = "sweep"  # name of the sweep, on the sweep's parent run and on each of its runs
 TAG_TUNED = "tuned"  # "true" on a run whose values a tuning stage selected (its budget_hash names the tuning)
 # On a run whose trained model was imported (lorita-bench import-authors), not trained: the checkpoint's SHA-256.
@@ -96,11 +119,23 @@ TAG_TRAINED_FROM = "trained_from"
 TAG_STUDY = "study"  # on a tuning trial: the Optuna study (one per method of a tuned comparison)
 TAG_TRIAL = "trial"  # on a tuning trial: its number in the study
 TAG_RETRY_OF = "retry_of"  # on a tuning trial: the number of the trial whose process died, retried with its values
+# On a FINISHED run recorded without training: why its method cannot compress the model to the target (a dry run).
+TAG_NOT_APPLICABLE = "not_applicable"
 TAG_DIVERGED = "diverged"  # on a tuning trial: "true" when its loss became NaN (objective 0, still one trial)
 TAG_GRID_HASH = "sweep_grid_hash"  # on a sweep's parent run: hash of its grid, so a rerun reuses the parent
 # MLflow's own tags, set by tracking.start_run; listed here for filters and report columns.
 TAG_RUN_NAME = "mlflow.runName"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"  # the MLflow UI nests a run under this parent
+# A run's description in the MLflow UI (Markdown): what the run is and how to read its metrics.
+TAG_NOTE = "mlflow.note.content"
+# On a sweep's run: its sweep's parent run. Not mlflow.parentRunId, under which the UI would hide the grid's runs
+# until the parent is expanded (tuning trials, in an experiment of their own, stay nested under their tuning).
+TAG_SWEEP_RUN = "sweep_run_id"
+
+# --- Experiment tags -------------------------------------------------------------------------------------------
+# The kind the MLflow UI (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT) opens on its runs table.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # --- Artifacts (file names at the root of a run's artifacts) ----------------------------------------------
 ARTIFACT_CONFIG = "config.yaml"  # the resolved config the run was started with

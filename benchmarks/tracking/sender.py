@@ -1,8 +1,8 @@
 """Sending records to the store: one record (`send`), a run's outbox queue in order (`flush`), and the process's
 sender thread, which flushes queues in the background so that no training step ever waits on a tracking server.
 
-A record is what `delivery` writes: {"op": "metrics" | "tags" | "text" | "file" | "end", ...}; queued ones also carry
-the "uri" of their server.
+A record is what `delivery` writes: {"op": "metrics" | "tags" | "text" | "file" | "model" | "end", ...}; queued ones
+also carry the "uri" of their server.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
 from benchmarks.errors import one_line
-from benchmarks.tracking import outbox
+from benchmarks.tracking import models, outbox
 from benchmarks.tracking.store import mlflow_settings, shown_uri, unreachable, with_mlflow_defaults
 
 # MLflow's caps on one log_batch call (params and tags count together).
@@ -67,6 +67,8 @@ def send(uri: str, run_id: str, record: Mapping[str, Any]) -> None:
         mlc.log_text(run_id, record["text"], record["name"])
     elif op == "file":
         mlc.log_artifact(run_id, record["path"])
+    elif op == "model":
+        models.log_program(uri, run_id, record)
     elif op == "end":
         mlc.set_terminated(run_id, record["status"], end_time=record["end_time"])
     else:

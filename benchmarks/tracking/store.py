@@ -43,6 +43,10 @@ MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_
 for _noisy in ("alembic", "mlflow.store.db.utils"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
+# Every experiment the suite creates or opens: the MLflow UI (3.x) then opens it on its runs table, not on the GenAI
+# overview it shows an experiment without a kind.
+EXPERIMENT_TAGS = {schema.TAG_EXPERIMENT_KIND: schema.EXPERIMENT_KIND}
+
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 _PAGE_SIZE = 1000
@@ -215,7 +219,7 @@ def get_or_create_experiment(name: str) -> str:
     experiment = mlc.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return mlc.create_experiment(name, artifact_location=_artifact_location(name))
+            return mlc.create_experiment(name, artifact_location=_artifact_location(name), tags=EXPERIMENT_TAGS)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -223,6 +227,10 @@ def get_or_create_experiment(name: str) -> str:
             experiment = mlc.get_experiment_by_name(name)
     if experiment.lifecycle_stage != "active":
         raise ValueError(f"experiment {name!r} is deleted: restore it (mlflow experiments restore) or rename")
+    # An experiment made before (by an older version, or by MLflow itself) gets the tags when the suite opens it.
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            mlc.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -355,10 +363,55 @@ def search_runs(experiment: str | None = None, filter_string: str = "") -> pd.Da
 
 
 @with_mlflow_defaults
+def run_metrics(run_id: str) -> dict[str, float]:
+    """The latest value of every metric the run logged."""
+    return dict(client().get_run(run_id).data.metrics)
+
+
+@with_mlflow_defaults
+def run_record(run_id: str) -> dict[str, Any]:
+    """A run's id, status, experiment name, params, metrics and tags; a one-line ValueError for an unknown id."""
+    mlc = client()
+    try:
+        run = mlc.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        raise ValueError(f"no run {run_id!r} in the tracking store {shown_uri(tracking_uri())}") from None
+    return {"run_id": run.info.run_id, "status": run.info.status,
+            "experiment": mlc.get_experiment(run.info.experiment_id).name, "params": dict(run.data.params),
+            "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
+
+
+@with_mlflow_defaults
+def experiment_names() -> list[str]:
+    """Names of the store's active experiments."""
+    mlc = client()
+    return [e.name for e in _all_pages(lambda t: mlc.search_experiments(page_token=t))]
+
+
+@with_mlflow_defaults
+def delete_run(run_id: str) -> None:
+    """MLflow's soft delete: the run leaves searches and the UI, and `mlflow gc` or a restore decides its fate."""
+    client().delete_run(run_id)
+
+
+@with_mlflow_defaults
 def metric_history(run_id: str, name: str) -> list[tuple[int, float]]:
     """Every (step, value) logged for metric `name`, by step."""
     history = client().get_metric_history(run_id, name)
     return [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+
+
+# The MLflow UI (3.17) shows every experiment as a GenAI one (traces, no runs table) until its "Model training" toggle
+# is set, whatever the experiment's kind tag: a page opened with this query shows the runs.
+UI_VIEW = "workflowType=machine_learning"
+
+
+def ui_page(base: str, path: str = "experiments") -> str:
+    """The address of a page of the MLflow UI at `base` (http://host:port) in its model-training view, e.g. path
+    experiments/1/runs/<run id>."""
+    return f"{base.rstrip('/')}/#/{path}?{UI_VIEW}"
 
 
 def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:

@@ -15,11 +15,11 @@ from typing import Any
 import yaml
 
 from benchmarks import tracking
-from benchmarks.config import config_to_dict
+from benchmarks.config import LATENCY_DROP, config_to_dict
 from benchmarks.data import load_dataset, validation_view
 from benchmarks.errors import one_line
 from benchmarks.methods import get_method
-from benchmarks.run import claims
+from benchmarks.run import claims, speed
 from benchmarks.run.environment import check_writable, environment_tags, resolve_device
 from benchmarks.run.pipeline import (
     compress_and_finetune,
@@ -65,7 +65,7 @@ def _score(unit: Unit, values: dict[str, Any], objective: tuple[str, float] | No
     check_writable(first.cache_dir)
     data = validation_view(load_dataset(first.dataset, data_root=first.data_root,
                                         val_fraction=first.budget.val_fraction, seed=first.split, device=device,
-                                        cache_dir=first.cache_dir))
+                                        cache_dir=first.cache_dir, options=first.dataset_kwargs))
 
     def log(metrics: dict[str, float], step: int) -> None:
         tracking.log_metrics(run_id, _as_validation(metrics), step=step)
@@ -96,8 +96,11 @@ def _score(unit: Unit, values: dict[str, Any], objective: tuple[str, float] | No
         trained, base, reference = trainings[group]
         # Two trials that sampled the same values (choices only) share these checkpoints: one at a time.
         with claims.claimed(f"trial-{run_key(cfg, data.fingerprint)}", wait=True):
+            # A latency target's table was built before the trials (the sweep's driver): read here.
+            latency = (speed.cached(cfg, method, base, data.in_shape, device, measure=True)
+                       if cfg.target_metric == LATENCY_DROP else None)
             model, _, acc_compressed = compress_and_finetune(cfg, method, data, base, device,
-                                                             silent, reference, trained.model)
+                                                             silent, reference, trained.model, latency)
             shutil.rmtree(finetune_dir(cfg, data.fingerprint), ignore_errors=True)
         acc = evaluate(model, data.test_x, data.test_y, data)  # the view's test split: validation data
         finetuned[cfg.target_metric, cfg.target] = acc

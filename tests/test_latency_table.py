@@ -1,0 +1,201 @@
+"""The latency table: timing side by side, cached entries, interpolation, and plans priced by measured latency."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import baselines
+import lorita
+from benchmarks.latency import LatencyTable, MissingEntry, context, model_latency, time_interleaved
+from benchmarks.latency import table as table_module
+from benchmarks.latency.model import ModelLatency, layer_geometries
+from benchmarks.latency.table import RankCurve, WidthGrid, geometry
+from lorita.costs import PlanCost
+
+
+@pytest.fixture
+def tiny_grids(monkeypatch):
+    """Three-point grids and few rounds: the default tests time tiny layers only."""
+    monkeypatch.setattr(table_module, "RANK_FRACTIONS", (0.25, 0.5, 1.0))
+    monkeypatch.setattr(table_module, "WIDTH_FRACTIONS", (0.5, 1.0))
+
+
+def _fcn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 4))
+
+
+def test_time_interleaved_reports_every_call_and_flags_an_unsteady_one():
+    a, b = torch.randn(64, 64), torch.randn(256, 256)
+    calls = iter(range(10**9))
+
+    def unsteady():  # every other call 64 times the work: its spread stays far above 10 %
+        m = b if next(calls) % 2 else a
+        return m @ m
+
+    window = time_interleaved([lambda: a @ a, unsteady], rounds=8, min_sample_s=0.0)
+    steady, noisy = window.timings
+    assert steady.samples == 8 and steady.median_ms > 0
+    assert noisy.noisy and noisy.spread > 0.1
+    assert noisy.samples == 8  # measured again: the fresh rounds replace the first
+    assert window.others_busy is None or 0.0 <= window.others_busy <= 1.0
+
+
+def test_rank_curve_interpolates_and_never_rises_as_rank_falls():
+    curve = RankCurve(ranks=[1, 4, 8], pair_ms=[2.0, 1.0, 3.0], dense_ms=2.5, noisy=False)
+    assert curve.pair(8) == 3.0
+    assert curve.pair(6) == pytest.approx(2.0)  # between the monotone values 1.0 (rank 4) and 3.0 (rank 8)
+    assert curve.pair(1) == curve.pair(2) == 1.0  # rank 1 measured slower than rank 4: noise, never a plan's gain
+
+
+def test_width_grid_is_exact_for_latency_affine_in_each_width():
+    def cost(i, o):
+        return 0.01 * i * o + 0.2 * i + 0.1 * o + 1.0
+
+    ins, outs = [4, 8, 16], [2, 6, 10]
+    grid = WidthGrid(ins, outs, [[cost(i, o) for o in outs] for i in ins], noisy=False)
+    lookup = grid.interpolator()
+    i, o = np.array([5, 12, 16, 4]), np.array([3, 7, 10, 2])
+    np.testing.assert_allclose(lookup(i, o), cost(i, o), rtol=1e-12)
+    assert grid.at(3, 1) == pytest.approx(cost(4, 2))  # below the grid: clamped to its smallest point
+
+
+def test_geometry_pair_is_what_factorize_writes():
+    torch.manual_seed(0)
+    for layer, shape in [(nn.Linear(12, 9), (5, 12)), (nn.Conv2d(3, 8, 3, stride=2, padding=1), (3, 10, 10))]:
+        model = nn.Sequential(layer)
+        geom = geometry(layer, shape)
+        written = lorita.factorize(model, {"0": 2}, split={"0"})[0]
+        timed = geom.pair(2)
+        assert [type(m) for m in written] == [type(m) for m in timed]
+        for a, b in zip(written, timed, strict=True):
+            assert a.weight.shape == b.weight.shape and (a.bias is None) == (b.bias is None)
+            if isinstance(a, nn.Conv2d):
+                assert (a.stride, a.padding, a.dilation) == (b.stride, b.padding, b.dilation)
+        assert timed(geom.example(2)).shape == written(geom.example(2)).shape
+
+
+def test_entries_are_cached_one_file_each_and_read_without_measuring(tmp_path, tiny_grids):
+    ctx = context(4, torch.device("cpu"))
+    model = _fcn()
+    first = LatencyTable(tmp_path, ctx, rounds=3)
+    built = model_latency(model, (1, 4, 4), first)
+    assert first.measured == 6  # three layers, two forms
+    files = sorted(p.name for p in first.folder.glob("*.json"))
+    assert len(files) == 7 and sum(name.startswith("network-") for name in files) == 1
+    again = LatencyTable(tmp_path, ctx, measure=False)
+    read = model_latency(model, (1, 4, 4), again)
+    assert again.measured == 0 and read.base_ms == built.base_ms
+    # An interrupted build resumes at the first missing entry: only that one is measured again.
+    (first.folder / files[0]).unlink()
+    with pytest.raises(MissingEntry):
+        model_latency(model, (1, 4, 4), LatencyTable(tmp_path, ctx, measure=False))
+    resumed = LatencyTable(tmp_path, ctx, rounds=3)
+    model_latency(model, (1, 4, 4), resumed)
+    assert resumed.measured == (0 if files[0].startswith("network-") else 1)
+    # Another batch size is another context: its own folder.
+    assert LatencyTable(tmp_path, context(8, torch.device("cpu"))).folder != first.folder
+    entry = json.loads(next(first.folder.glob("rank-*.json")).read_text())
+    assert entry["context"]["batch"] == 4 and entry["form"] == "rank" and len(entry["pair_ms"]) == len(entry["ranks"])
+
+
+def test_unknown_backend_is_one_line():
+    with pytest.raises(ValueError, match=f"latency backend must be one of {', '.join(table_module.BACKENDS)}; "
+                                         "got 'tensorrt'"):
+        context(4, torch.device("cpu"), "tensorrt")
+
+
+def test_a_layer_called_twice_is_refused():
+    shared = nn.Linear(4, 4)
+    with pytest.raises(ValueError, match="layer '0' runs 2 times per forward"):
+        layer_geometries(nn.Sequential(shared, shared), (4,))
+
+
+def _synthetic(model: nn.Module, in_shape: tuple[int, ...]) -> ModelLatency:
+    """A latency model whose entries follow a known law: a layer costs in*out (ms / 1000), a pair r*(in+out)."""
+    geometries, activations = layer_geometries(model, in_shape)
+    curves, grids, dense = {}, {}, {}
+    for name, g in geometries.items():
+        ranks = list(range(1, g.full_rank + 1))
+        dense[name] = g.in_channels * g.out_channels / 1000
+        curves[name] = RankCurve(ranks, [r * (g.in_channels + g.out_channels) / 1000 for r in ranks], dense[name],
+                                 False)
+        ins, outs = [1, g.in_channels], [1, g.out_channels]
+        grids[name] = WidthGrid(ins, outs, [[i * o / 1000 for o in outs] for i in ins], False)
+    return ModelLatency(geometries, activations, dense, remainder_ms=0.5, scaled_ms=0.0, rank_curves=curves,
+                        width_grids=grids, measured_ms=0.5 + sum(dense.values()))
+
+
+def test_a_latency_plan_meets_its_target_by_the_table_and_splits_only_faster_pairs():
+    model = _fcn()
+    latency = _synthetic(model, (1, 4, 4))
+    cost = latency.plan_cost()
+    ranks = lorita.plan_ranks(model, "cost_drop", 0.3, cost=cost, exclude=["5"])
+    assert ranks and all(cost.split(name, r) for name, r in ranks.items())
+    compressed = lorita.factorize(model, ranks, split=set(ranks))
+    achieved = 1 - latency.predict(compressed) / latency.base_ms
+    assert abs(achieved - 0.3) <= 0.01
+    expected = latency.base_ms - sum(latency.dense_ms[n] - r * (g.in_channels + g.out_channels) / 1000
+                                     for n, r in ranks.items() for g in [latency.geometries[n]])
+    assert latency.predict(compressed) == pytest.approx(expected)
+    with pytest.raises(lorita.UnreachableTarget, match="largest reachable drop") as info:
+        lorita.plan_ranks(model, "cost_drop", 0.95, cost=cost, exclude=["5"])
+    assert 0 < info.value.largest < 0.95
+
+
+def test_cost_drop_needs_its_cost_and_only_it():
+    model = _fcn()
+    with pytest.raises(ValueError, match="cost .* is what policy 'cost_drop' plans against"):
+        lorita.plan_ranks(model, "cost_drop", 0.3)
+    with pytest.raises(ValueError, match="got policy 'flops_drop' with cost given"):
+        lorita.plan_ranks(model, "flops_drop", 0.3, example_input=torch.zeros(1, 16),
+                          cost=PlanCost(1.0, lambda name, rank: 1.0))
+
+
+def test_pruning_to_a_latency_target_prices_channels_by_the_table():
+    model = _fcn()
+    latency = _synthetic(model, (1, 4, 4))
+    pruned = baselines.prune(model, "l1", 0.4, metric="latency", example_input=torch.zeros(1, 1, 4, 4),
+                             latency=latency.prune_cost())
+    achieved = 1 - latency.predict(pruned) / latency.base_ms
+    assert abs(achieved - 0.4) <= baselines.TOLERANCE
+    widths = baselines.layer_widths(pruned)
+    expected = 0.5 + sum(float(i) * float(o) / 1000 for i, o in widths.values())
+    assert latency.predict(pruned) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="latency .* is what metric 'latency' prices plans by"):
+        baselines.prune(model, "l1", 0.4, metric="latency", example_input=torch.zeros(1, 1, 4, 4))
+    with pytest.raises(lorita.UnreachableTarget) as info:
+        baselines.prune(model, "l1", 0.99, metric="latency", example_input=torch.zeros(1, 1, 4, 4),
+                        latency=latency.prune_cost())
+    assert 0 < info.value.largest < 0.99
+
+
+def test_layers_slower_alone_than_in_the_network_are_scaled_to_its_time(tmp_path, tiny_grids, monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.latency import Timing, Window
+    from benchmarks.latency import model as model_module
+
+    def timed(calls, halve=False, **_):
+        out = []
+        for call in calls:
+            with FlopCounterMode(display=False) as counter:
+                call()
+            out.append(Timing(counter.get_total_flops() / 1e6 * (0.5 if halve else 1.0), 0.0, 1, False))
+        return Window(out, 0.0)
+
+    monkeypatch.setattr(table_module, "time_interleaved", timed)
+    monkeypatch.setattr(model_module, "time_interleaved", lambda calls, **kw: timed(calls, halve=True))
+    model = _fcn()
+    alone = model_latency(model, (1, 4, 4), LatencyTable(tmp_path / "alone", context(4, torch.device("cpu"))),
+                          ("rank",))
+    # The network measured whole takes half its layers' time alone: every entry is halved, no remainder is left.
+    assert alone.remainder_ms == 0.0 and alone.base_ms == pytest.approx(alone.measured_ms)
+    unscaled = LatencyTable(tmp_path / "alone", context(4, torch.device("cpu"))).rank_curve(alone.geometries["1"])
+    assert alone.rank_curves["1"].pair(4) == pytest.approx(unscaled.pair(4) / 2)
+    assert alone.dense_ms["1"] == pytest.approx(unscaled.dense_ms / 2)
