@@ -20,19 +20,35 @@ from benchmarks.sweeps.driver import run_sweep
 from benchmarks.sweeps.grid import expand, load_sweep
 from benchmarks.tracking import outbox, schema
 
-# The tiny sweep (a run takes about a second), plus a model whose factory raises, except in the one worker that
+# The tiny sweep (a run takes about a second), plus a model whose training raises, except in the one worker that
 # first creates the file RAYTEST_CRASH_ONCE names: that worker's process dies.
 RAY_TINY = {**TINY, "models": [*TINY["models"], "raytest_models:broken"]}
 BROKEN = '''
 import os
 
+from torch import nn
 
-def broken(**kwargs):
-    try:
-        os.close(os.open(os.environ["RAYTEST_CRASH_ONCE"], os.O_CREAT | os.O_EXCL))
-    except (KeyError, FileExistsError):
-        raise RuntimeError("broken model") from None
-    os._exit(3)
+
+class Broken(nn.Module):
+    # Built, counted and dry-run pruned like any model (those see a batch of one or two): the sweep's checks before
+    # its runs pass, and it fails where a run records it, in training: once by killing its worker, then by raising.
+    def __init__(self, num_classes, in_shape):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], 16), nn.ReLU(),
+                                    nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        if self.training and x.shape[0] > 2:
+            try:
+                os.close(os.open(os.environ["RAYTEST_CRASH_ONCE"], os.O_CREAT | os.O_EXCL))
+            except (KeyError, FileExistsError):
+                raise RuntimeError("broken model") from None
+            os._exit(3)
+        return self.layers(x)
+
+
+def broken(num_classes, in_shape, **kwargs):
+    return Broken(num_classes, in_shape)
 '''
 
 
@@ -52,6 +68,7 @@ def ray_env(store):
         # A local instance's workers inherit the driver's environment; the cluster below is given its own.
         paths = [str(store / "modules"), os.environ.get("PYTHONPATH")]
         patch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+        patch.syspath_prepend(str(store / "modules"))  # the driver builds every model once before the sweep
         yield store
 
 

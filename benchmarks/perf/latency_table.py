@@ -6,10 +6,11 @@ is given, at that measured speed-up (latency_drop = 1 - 1/S, planned by the tabl
   lorita      lorita.collapse(lorita.overparameterize(model, 3)), plan_ranks then factorize (classifier kept)
   svd         the same on the plain random-init model
   l1, ...     baselines.prune of the plain model (classifier kept)
-Every plan and the dense model are then timed side by side (benchmarks.latency.time_interleaved), and the table's
-prediction (benchmarks.latency.ModelLatency.predict) is set against the measurement. Where a speed-up target is
-unreachable, the stated largest reachable speed-up is set against the measured speed-up of the most compressed plan
-(every planned layer at rank 1; the pruning criterion's plan at the largest reachable drop).
+Every plan is then timed side by side with its dense network (benchmarks.latency.time_interleaved), as a run records
+its latency, and the table's prediction (benchmarks.latency.ModelLatency.predict) is set against the measurement.
+Where a speed-up target is unreachable, the stated largest reachable speed-up is set against the measured speed-up
+of the most compressed plan (every planned layer at rank 1; the pruning criterion's plan at the largest reachable
+drop).
 
     python -m benchmarks.perf.latency_table [--models fcn resnet20 vgg16] [--batches 1 128] [--drop 0.5]
         [--speedup 1.5 --speedup-models resnet20 --speedup-batch 128] [--cache-dir DIR] [--out DIR] [--quick]
@@ -110,17 +111,17 @@ def bench(name: str, batch: int, args: argparse.Namespace, cache: Path) -> list[
             except lorita.UnreachableTarget as err:
                 row["stated_largest_speedup"] = 1 / (1 - err.largest)
                 plans.append((row, _most_compressed(method, networks, latency, err.largest, plan)))
-    models = [networks[False], networks[True], *(m for _, m in plans if m is not None)]
     x = torch.randn(batch, *in_shape)
-    window = time_interleaved([lambda m=m: m(x) for m in models], rounds=args.rounds)
-    dense_ms = {False: window.timings[0].median_ms, True: window.timings[1].median_ms}
-    timings = iter(window.timings[2:])
     rows = []
     for row, model in plans:
-        row = {"model": name, "batch": batch, "table_build_s": build_s, "others_busy": window.others_busy, **row}
+        row = {"model": name, "batch": batch, "table_build_s": build_s, **row}
         if model is not None:
-            timing = next(timings)
-            dense = dense_ms[get_method(row["method"]).composes]
+            # Each plan beside its dense network only, as a run records its latency: several networks' activations in
+            # one window slow them all (measured: dense ResNet-20 at batch 128, 104 ms alone, 186 ms among 12).
+            network = networks[get_method(row["method"]).composes]
+            window = time_interleaved([lambda n=network: n(x), lambda m=model: m(x)], rounds=args.rounds)
+            dense, timing = window.timings[0].median_ms, window.timings[1]
+            row["others_busy"] = window.others_busy
             predicted = latency.predict(model)
             flops, _ = lorita.count_flops_params(model, example)
             base_flops, _ = lorita.count_flops_params(networks[False], example)
