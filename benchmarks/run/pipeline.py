@@ -311,12 +311,13 @@ def _claimed(cfg: RunConfig, method: Method, data: Dataset, device: torch.device
         shutil.rmtree(finetune_dir(cfg, data.fingerprint), ignore_errors=True)
     # A method that cannot compress this model to the target (a dry run on the untrained model) is recorded as not
     # applicable, FINISHED without training: counted neither as failed nor as left to resume.
-    reason = method.not_applicable(cfg, _fresh_model(cfg, data).to(device),
-                                   torch.zeros(1, *data.in_shape, device=device), criterion_batches(cfg, data))
+    # Both dry runs below compress copies of one untrained network on the same criterion batches.
+    untrained, scored = _fresh_model(cfg, data), criterion_batches(cfg, data)
+    reason = method.not_applicable(cfg, untrained.to(device), torch.zeros(1, *data.in_shape, device=device), scored)
     # Under a latency target the table is built (or read) and the target checked before the run is recorded.
     table = None
     if not reason and cfg.target_metric == LATENCY_DROP:
-        table = speed.prepared(cfg, method, _fresh_model(cfg, data), data, device, criterion_batches(cfg, data))
+        table = speed.prepared(cfg, method, untrained, data, device, scored)
     label = method.display_label(cfg.factors, cfg.method_options, cfg.exclude)
     note = notes.run_note(label, cfg.model, cfg.dataset, cfg.seed, cfg.budget_hash(), cfg.target_metric, cfg.target,
                           (tags or {}).get(schema.TAG_SWEEP), reason)
