@@ -82,12 +82,15 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set budget.lr=0.05 (repeatable)")
     p.add_argument("--experiment", help=f"MLflow experiment name (default {DEFAULTS.experiment})")
-    p.add_argument("--model", help="fcn, cnn, vgg16, vgg19, resnet20, resnet56, vit, tv:<torchvision name> (options "
-                                   "and weights: --set model_kwargs.weights=DEFAULT), module:factory (a function of "
-                                   f"num_classes, in_shape, **kwargs; the current folder is importable) (default "
+    p.add_argument("--model", help="images: fcn, cnn, vgg16, vgg19, resnet20, resnet56, vit, tv_vit; sequences: lstm, "
+                                   "gru, transformer; graphs: gcn; tv:<torchvision name> (options and weights: --set "
+                                   "model_kwargs.weights=DEFAULT), module:factory (a function of num_classes, "
+                                   "in_shape, **kwargs; the current folder is importable) (default "
                                    f"{DEFAULTS.model})")
     p.add_argument("--dataset", help="digits (offline), mnist, cifar10, cifar100, imagefolder:<path> (train/ and test/ "
-                                     "of class folders; mixed sizes: --set dataset_kwargs.size=32) (default "
+                                     "of class folders; mixed sizes: --set dataset_kwargs.size=32); sequences: "
+                                     "digits-seq, mnist-seq, uea:<Name> (UEA/UCR sets in sktime's wheel, e.g. "
+                                     "uea:JapaneseVowels); graphs: karate (34 nodes, for tests) (default "
                                      f"{DEFAULTS.dataset})")
     p.add_argument("--data-root", help="where torchvision datasets live (default ./data)")
     p.add_argument("--method", help="dense, lorita, svd or a pruning method (see `lorita-bench methods`) (default "

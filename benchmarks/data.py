@@ -1,4 +1,5 @@
-"""In-memory datasets as uint8 tensors, with batched normalization and crop/flip augmentation."""
+"""In-memory datasets (uint8 images and image rows, float32 series and graphs), with batched normalization and
+crop/flip augmentation."""
 
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from benchmarks import checkpoints
+from benchmarks import checkpoints, graphs, timeseries
 from benchmarks.config import DEFAULT_CACHE_DIR
 from benchmarks.errors import did_you_mean, one_line
 
-DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder:<path>", "digits-seq", "mnist-seq")
+DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder:<path>", "digits-seq", "mnist-seq", "uea:<Name>",
+            "karate")
 # Sequence datasets: the images of another dataset read as sequences of their rows, (N, rows, columns); the same
 # splits, statistics and loading (in_shape = (time steps, features)).
 SEQUENCES = {"digits-seq": "digits", "mnist-seq": "mnist"}
@@ -59,7 +61,8 @@ class DataError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Train/val/test splits as uint8 (N, C, H, W) images and int64 labels on one device.
+    """Train/val/test splits and int64 labels on one device: uint8 (N, C, H, W) images or (N, T, F) image rows (mean
+    and std per channel, on the 0..1 scale), or float32 (N, T, F) series or graphs (mean and std per feature F).
 
     `fingerprint` identifies the data's content (see `fingerprint()`), not the validation split carved from it.
     """
@@ -72,11 +75,16 @@ class Dataset:
     val_x: Tensor
     val_y: Tensor
     num_classes: int
-    in_shape: tuple[int, ...]  # (C, H, W) of an image, (time steps, features) of a sequence
+    in_shape: tuple[int, ...]  # (C, H, W) of an image, (steps, features) of a sequence, (nodes, columns) of a graph
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop_flip: bool
     fingerprint: str
+
+    @property
+    def images(self) -> bool:
+        """Whether the samples are uint8 (C, H, W) images, the only ones random crops and flips apply to."""
+        return self.train_x.dtype == torch.uint8 and self.train_x.dim() == 4
 
 
 def validation_view(data: Dataset) -> Dataset:
@@ -152,7 +160,7 @@ def fingerprint(
 ) -> str:
     """The content fingerprint of dataset `name`: 16 hex digits of a SHA-256, the same as `Dataset.fingerprint`.
 
-    It hashes the decoded train and test images and labels (dtype, shape and bytes, in load order) and the number
+    It hashes the decoded train and test samples and labels (dtype, shape and bytes, in load order) and the number
     of classes, before any validation split: the split follows from val_fraction and seed, which are config. The
     dataset's name and location are not hashed, so the same images at another path give the same fingerprint;
     any changed pixel, label, image order or class folder order gives another. An image folder's fingerprint is
@@ -211,8 +219,15 @@ def _load_splits(name: str, data_root: str | None, download: bool, cache_dir: st
     elif _is_imagefolder(name):
         size = _size(options["size"]) if "size" in options else None
         splits = _load_imagefolder(name, _imagefolder_path(name, data_root), cache_dir, size)
+    elif name.startswith("uea:"):
+        splits = _load_uea(name)
+    elif name == "karate":
+        splits = _load_karate()
     else:
-        raise DataError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; choose one of: {', '.join(DATASETS)}")
+        sets = timeseries.available()
+        near = did_you_mean(name, [*DATASETS, *(f"uea:{set_name}" for set_name in sets)])
+        raise DataError(f"unknown dataset {name!r}{near}; choose one of: {', '.join(DATASETS)} "
+                        f"(<Name>: {', '.join(sets) or 'none, sktime is not installed'})")
     _check_splits(name, splits)
     if splits.fingerprint is None:
         tensors = (splits.train_x, splits.train_y, splits.test_x, splits.test_y)
@@ -258,19 +273,24 @@ def _imagefolder_path(name: str, data_root: str | None) -> Path:
     return folder
 
 
-def normalize(x_uint8: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Scale uint8 (N, C, H, W) images to 0..1 and standardize each channel, or (N, T, F) sequences of one-channel
-    image rows by their one statistic; returns float32."""
-    if x_uint8.dtype != torch.uint8:
-        raise DataError(f"x_uint8 must have dtype torch.uint8, got {x_uint8.dtype}")
-    image = x_uint8.dim() == 4
-    channels = x_uint8.shape[1] if image else 1
+def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Standardize a batch to float32: uint8 (N, C, H, W) images scaled to 0..1 per channel, uint8 (N, T, F) one-channel
+    image rows by their one statistic, float32 (N, T, F) series or graphs per feature (the last dimension)."""
+    if x.dtype == torch.uint8:
+        image = x.dim() == 4
+        channels, unit = x.shape[1] if image else 1, "channel"
+        shape = (1, -1, 1, 1) if image else (1, 1, 1)
+        scaled = x.float() / 255.0
+    elif x.dtype == torch.float32 and x.dim() == 3:
+        channels, unit, shape, scaled = x.shape[-1], "feature", (1, 1, -1), x
+    else:
+        raise DataError(f"x must be uint8 images or image rows, or float32 (N, T, F) series; got {x.dtype} "
+                        f"{tuple(x.shape)}")
     if len(mean) != channels or len(std) != channels:
-        raise DataError(f"mean and std need one value per channel ({channels}), got {len(mean)} and {len(std)}")
-    shape = (1, -1, 1, 1) if image else (1, 1, 1)
-    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(shape)
-    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(shape)
-    return (x_uint8.float() / 255.0 - m) / s
+        raise DataError(f"mean and std need one value per {unit} ({channels}), got {len(mean)} and {len(std)}")
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(shape)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(shape)
+    return (scaled - m) / s
 
 
 def batches(
@@ -293,6 +313,10 @@ def batches(
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if augment and (x.dtype != torch.uint8 or x.dim() != 4):
+        # Else random_crop_flip fails deep inside with a shape error: crops and flips are of images only.
+        raise DataError(f"budget.augment crop_flip needs uint8 (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}; "
+                        "use auto or none")
     n = x.shape[0]
     if shuffle:
         order = torch.randperm(n, generator=generator).to(x.device)
@@ -374,6 +398,28 @@ def _load_digits() -> _Splits:
         crop_flip=False,
         num_classes=10,
     )
+
+
+def _load_uea(name: str) -> _Splits:
+    set_name, sets = name.removeprefix("uea:"), timeseries.available()
+    if set_name not in sets:
+        where = "sktime's wheel" if sets else "sktime's wheel: sktime is not installed"
+        raise DataError(f"dataset {name!r}: no classification set {set_name!r} in {where}"
+                        f"{did_you_mean(set_name, sets)}; choose one of: {', '.join(sets) or 'none'}")
+    try:
+        series = timeseries.load(set_name)
+    except timeseries.SeriesError as err:
+        raise DataError(f"dataset {name!r}: {err}") from None
+    return _Splits(train_x=series.train_x, train_y=series.train_y, test_x=series.test_x, test_y=series.test_y,
+                   mean=series.mean, std=series.std, crop_flip=False, num_classes=len(series.classes))
+
+
+def _load_karate() -> _Splits:
+    train_x, train_y, test_x, test_y = graphs.karate_club()
+    # Zeros and ones: standardising would change the adjacency and the one-hot columns, which are exact as they are.
+    features = train_x.shape[-1]
+    return _Splits(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, mean=(0.0,) * features,
+                   std=(1.0,) * features, crop_flip=False, num_classes=len(graphs.KARATE_CLUBS))
 
 
 def _torchvision_splits(name: str, cls: type, root: str, download: bool, expected: str) -> tuple[Any, Any]:

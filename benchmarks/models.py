@@ -1,4 +1,5 @@
-"""Model registry: the paper's FCN, VGG and CIFAR ResNets, a small CNN and ViT, torchvision and custom factories."""
+"""Model registry: the paper's FCN, VGG and CIFAR ResNets, a small CNN and ViT, torchvision's ViT from its arguments,
+sequence models, a graph convolution network, torchvision and custom factories."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import itertools
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +30,12 @@ class ModelError(ValueError):
 def _positive_int(model: str, field: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ModelError(f"{model}: {field} must be a positive integer, got {value!r}")
+    return value
+
+
+def _fraction(model: str, field: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ModelError(f"{model}: {field} must be a number in [0, 1), got {value!r}")
     return value
 
 
@@ -317,6 +325,53 @@ def vit(
     return VisionTransformer(num_classes, in_shape, patch_size, dim, depth, heads, mlp_dim)
 
 
+def _vit_side(model: str, in_shape: tuple[int, int, int], patch_size: int) -> int:
+    """The image side of a square in_shape that patch_size divides (torchvision's ViT takes one image_size)."""
+    _, h, w = in_shape
+    if h != w:
+        raise ModelError(f"{model}: torchvision's VisionTransformer takes square images, got {h}x{w}")
+    if h % patch_size:
+        raise ModelError(f"{model}: image side must be divisible by patch_size={patch_size}, got {h}x{w}")
+    return h
+
+
+def tv_vit(
+    num_classes: int,
+    in_shape: tuple[int, int, int],
+    *,
+    patch_size: int = 4,
+    num_layers: int = 6,
+    num_heads: int = 3,
+    hidden_dim: int = 192,
+    mlp_dim: int = 384,
+    dropout: float = 0.0,
+    attention_dropout: float = 0.0,
+    representation_size: int | None = None,
+) -> nn.Module:
+    """torchvision's VisionTransformer from its own arguments (image_size is in_shape's side), any channel count."""
+    options = {"patch_size": patch_size, "num_layers": num_layers, "num_heads": num_heads, "hidden_dim": hidden_dim,
+               "mlp_dim": mlp_dim}
+    for field, value in options.items():
+        _positive_int("tv_vit", field, value)
+    if representation_size is not None:
+        _positive_int("tv_vit", "representation_size", representation_size)
+    _fraction("tv_vit", "dropout", dropout)
+    _fraction("tv_vit", "attention_dropout", attention_dropout)
+    if hidden_dim % num_heads:
+        raise ModelError(f"tv_vit: hidden_dim must be divisible by num_heads, got hidden_dim={hidden_dim}, "
+                         f"num_heads={num_heads}")
+    side = _vit_side("tv_vit", in_shape, patch_size)
+    model = torchvision.models.VisionTransformer(side, **options, dropout=dropout, attention_dropout=attention_dropout,
+                                                 num_classes=num_classes, representation_size=representation_size)
+    channels = in_shape[0]
+    if channels != 3:  # torchvision hard-codes 3; the patch embedding is the only layer that sees channels
+        model.conv_proj = nn.Conv2d(channels, hidden_dim, patch_size, stride=patch_size)
+        # torchvision's own init of the patch embedding, for this fan-in
+        nn.init.trunc_normal_(model.conv_proj.weight, std=(1 / model.conv_proj.weight[0].numel()) ** 0.5)
+        nn.init.zeros_(model.conv_proj.bias)
+    return model
+
+
 # ---------------------------------------------------------------- sequence models: in_shape = (time steps, features)
 
 
@@ -387,8 +442,56 @@ def transformer(num_classes: int, in_shape: tuple[int, int], *, dim: int = 64, d
     return TransformerClassifier(num_classes, steps, features, dim, depth, heads, mlp_dim)
 
 
-# The models whose in_shape is (time steps, features); every other one takes (C, H, W).
+# The models whose in_shape is (time steps, features).
 SEQUENCE_MODELS = {"lstm": lstm, "gru": gru, "transformer": transformer}
+
+# ---------------------------------------------------------------- graph models: in_shape = (nodes, columns)
+
+
+class GCN(nn.Module):
+    """Kipf & Welling's graph convolution network on a dense graph: H <- Â (H W) per layer (ReLU between), then the
+    selected nodes' sum of the last layer's output.
+
+    Each sample is a whole graph: x[..., :N] the normalized adjacency Â = D^-1/2 (A + I) D^-1/2, x[..., N:-1] the
+    node features, x[..., -1] a selector; the output is sum_i selector_i (Â H W_L)_i, the logits of the one node a
+    one-hot selector names (node classification), or a pooled graph readout for a spread one. W are nn.Linear
+    (no bias, as in Kipf & Welling's code), applied before Â, so LoRITa composes them as any Linear.
+    """
+
+    def __init__(self, num_classes: int, nodes: int, features: int, layers: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.nodes = nodes
+        widths = [features] + [hidden] * (layers - 1) + [num_classes]
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in itertools.pairwise(widths))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        adjacency, h, selector = x[..., :self.nodes], x[..., self.nodes:-1], x[..., -1:]
+        for index, layer in enumerate(self.layers):
+            if index:
+                h = F.relu(h)
+            h = adjacency @ layer(self.dropout(h))  # Kipf & Welling drop each layer's input
+        return (selector * h).sum(-2)
+
+
+def gcn(num_classes: int, in_shape: tuple[int, int], *, layers: int = 2, hidden: int = 16,
+        dropout: float = 0.0) -> nn.Module:
+    """Dense graph convolution network (Kipf & Welling) classifying the node a one-hot selector column names."""
+    layers, hidden = _positive_int("gcn", "layers", layers), _positive_int("gcn", "hidden", hidden)
+    dropout = _fraction("gcn", "dropout", dropout)
+    nodes, columns = in_shape
+    features = columns - nodes - 1
+    if features < 1:
+        raise ModelError(f"gcn: in_shape must be (nodes, nodes + features + 1) with features >= 1 (adjacency, "
+                         f"features, selector columns), got {tuple(in_shape)}")
+    return GCN(num_classes, nodes, features, layers, hidden, dropout)
+
+
+GRAPH_MODELS = {"gcn": gcn}
+# The form of in_shape each model takes that is not an image's (C, H, W).
+SHAPE_FORMS = {**dict.fromkeys(SEQUENCE_MODELS, "(time steps, features)"),
+               **dict.fromkeys(GRAPH_MODELS, "(nodes, nodes + features + 1)")}
+
 
 # ---------------------------------------------------------------- registry
 
@@ -400,7 +503,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
     "resnet56": resnet56,
     "vit": vit,
+    "tv_vit": tv_vit,
     **SEQUENCE_MODELS,
+    **GRAPH_MODELS,
 }
 
 
@@ -409,13 +514,12 @@ def imports_code(name: str) -> bool:
     return name not in MODELS and not name.startswith("tv:") and ":" in name
 
 
-def create_model(name: str, num_classes: int, in_shape: tuple[int, int, int], **kw: Any) -> nn.Module:
+def create_model(name: str, num_classes: int, in_shape: tuple[int, ...], **kw: Any) -> nn.Module:
     """Build model `name` (a MODELS key, 'tv:<torchvision name>' or 'module.path:factory') with options kw."""
     num_classes = _positive_int(name, "num_classes", num_classes)
-    sequence = name in SEQUENCE_MODELS
-    valid = isinstance(in_shape, (tuple, list)) and len(in_shape) == (2 if sequence else 3)
+    form = SHAPE_FORMS.get(name, "(C, H, W)")
+    valid = isinstance(in_shape, (tuple, list)) and len(in_shape) == (2 if name in SHAPE_FORMS else 3)
     if not valid or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in in_shape):
-        form = "(time steps, features)" if sequence else "(C, H, W)"
         raise ModelError(f"{name}: in_shape must be {form} positive integers, got {in_shape!r}")
     in_shape = tuple(in_shape)
     if name in MODELS:
@@ -455,6 +559,14 @@ def _torchvision_model(name: str, num_classes: int, in_shape: tuple[int, int, in
     if "weights" in kw and "checkpoint" in kw:
         raise ModelError(f"tv:{name}: give model_kwargs.weights or model_kwargs.checkpoint, not both")
     weights = _tv_weights(name, kw["weights"]) if "weights" in kw else None
+    if name.startswith("vit_"):  # vit_b_16 ... vit_h_14: the patch size ends the name; the default image is 224
+        if "image_size" in options:
+            raise ModelError(f"tv:{name}: image_size is in_shape's side; drop model_kwargs.image_size")
+        options["image_size"] = _vit_side(f"tv:{name}", in_shape, int(name.rpartition("_")[2]))
+        trained_side = weights.meta["min_size"][0] if weights is not None else options["image_size"]
+        if trained_side != options["image_size"]:  # the position embedding has one row per patch
+            raise ModelError(f"tv:{name}: weights {weights} are for {trained_side}x{trained_side} images, got "
+                             f"in_shape {in_shape}")
     try:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
     except (TypeError, ValueError) as err:  # an option the builder or the model class does not take

@@ -1,4 +1,11 @@
-"""The one FLOPs/parameter counter of the suite (fvcore, eval mode, multiply-adds)."""
+"""The one FLOPs/parameter counter of the suite (fvcore, eval mode, multiply-adds).
+
+The convention: each matrix product (linear, conv, matmul, bmm, einsum) counts its multiply-adds, biases not
+counted; so do the fused attention and recurrent ops, through the handles below. Norms count fvcore's estimate per
+element: layer_norm 5 (4 without an affine), eval batch_norm 2 (1); adaptive_avg_pool2d 1 per input element. Every
+other op counts 0: activations (ReLU, GELU, Tanh), softmax, attention's scaling and masks, additions, products with
+a constant or elementwise, dropout, slicing and concatenation.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Runs record what their version measured: old runs `latency_ms_b1` and `latency_ms_b128` alone, newer ones the spread
 (`latency_iqr_ms_b<B>`), the uncompressed model measured beside it (`latency_base_ms_b<B>`), the measured speed-up
-(`speedup_b<B>`), a latency table's prediction (`latency_pred_ms_b<B>`) and the CPU share others used. Everything
+(`speedup_b<B>`), a latency table's prediction (`latency_pred_ms_b<B>`, with `latency_ref_ms_b<B>` the table's reference
+workload timed in the same window) and the CPU share others used. Everything
 here works from whichever of these a run has.
 """
 
@@ -17,7 +18,7 @@ import pandas as pd
 from benchmarks.tracking import schema
 
 # kind of a latency metric (schema.latency_at) or "speedup" (schema.speedup_at), its batch, its backend suffix.
-_NAME = re.compile(r"(?:latency_(?P<kind>ms|iqr_ms|pred_ms|base_ms|busy)|(?P<speedup>speedup))_b(?P<batch>\d+)"
+_NAME = re.compile(r"(?:latency_(?P<kind>ms|iqr_ms|pred_ms|ref_ms|base_ms|busy)|(?P<speedup>speedup))_b(?P<batch>\d+)"
                    r"(?P<suffix>_gpu|_ort)?")
 # The param naming the batch of a latency target and of the latency beside batch 1 (config latency_batch); absent
 # (older runs): the largest batch recorded.

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torchvision
 import yaml
+from torch import nn
 
 from benchmarks import tracking
 from benchmarks.models import create_model
@@ -27,12 +28,22 @@ FAMILIES = {
 }
 # Input shape of one batch per family (the rest take CIFAR-sized images).
 INPUT_SHAPES = {"fcn": (4, 1, 8, 8), "cnn": (2, 3, 16, 16)}
+# tv_vit's test size: 32x32 images in 16 patches of 8x8, 2 blocks of width 16 with 2 heads.
+TV_VIT = {"patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}
 
 # A sweep whose run is a few seconds: 2 epochs of a 2-layer, 16-wide FCN on digits and 1 epoch of fine-tuning.
 TINY = {"models": [{"name": "fcn", "layers": 2, "width": 16}], "datasets": ["digits"],
         "methods": ["dense", "svd", "lorita", "l1"], "factors": [2], "targets": {"flops_drop": [0.5]},
         "seeds": [0], "budget": {"epochs": 2, "finetune_epochs": 1, "batch_size": 64, "lr": 0.05},
         "device": "cpu"}
+
+
+def small_tv_vit() -> nn.Module:
+    """torchvision's ViT at TV_VIT's size for 10 classes, its head drawn at random: torchvision starts it at 0, which
+    makes every output 0 (and every comparison of outputs pass)."""
+    model = create_model("tv_vit", 10, (3, 32, 32), **TV_VIT)
+    nn.init.normal_(model.heads.head.weight)
+    return model
 
 
 def ci_for_vgg16(families) -> list:

@@ -11,7 +11,7 @@ import copy
 import mlflow
 import pytest
 import torch
-from support import FAMILIES, free_port, input_shape
+from support import FAMILIES, free_port, input_shape, small_tv_vit
 from test_reliability import _mlflow_server, _stop
 
 import baselines
@@ -30,10 +30,14 @@ pytestmark = [pytest.mark.ci, pytest.mark.export]  # export: conftest leaves ONN
 SEQUENCES = {"lstm": lambda: create_model("lstm", 4, (12, 6), hidden=16),
              "gru": lambda: create_model("gru", 4, (12, 6), hidden=16),
              "transformer": lambda: create_model("transformer", 4, (12, 6), dim=16, depth=1, heads=2)}
+# Families outside FAMILIES, whose tests take every weight for a Linear/Conv2d module's (tv_vit's attention holds
+# matrices) and images (gcn takes graphs): each with the shape of one input.
+OTHERS = {"tv_vit": (small_tv_vit, (3, 32, 32)), "gcn": (lambda: create_model("gcn", 2, (34, 69)), (34, 69))}
 
 
 def _example(family: str, batch: int) -> torch.Tensor:
-    shape = (batch, 12, 6) if family in SEQUENCES else input_shape(family, batch)
+    shape = ((batch, 12, 6) if family in SEQUENCES else (batch, *OTHERS[family][1]) if family in OTHERS
+             else input_shape(family, batch))
     return torch.randn(*shape, generator=torch.Generator().manual_seed(batch))
 
 
@@ -44,11 +48,11 @@ def _factorized(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _forms(family: str) -> dict[str, torch.nn.Module]:
-    build = {**FAMILIES, **SEQUENCES}[family]
+    build = {**FAMILIES, **SEQUENCES, **{name: other[0] for name, other in OTHERS.items()}}[family]
     torch.manual_seed(0)
     model = build().eval()
     forms = {"whole": model, "factorized": _factorized(copy.deepcopy(model))}
-    if family not in SEQUENCES and not family.startswith("tv_"):
+    if family not in SEQUENCES and family not in OTHERS and not family.startswith("tv_"):
         forms["pruned"] = baselines.prune(copy.deepcopy(model), "l1", 0.3, example_input=_example(family, 2))
     return forms
 
@@ -58,7 +62,7 @@ CI_FAMILIES = ("cnn", "resnet20_a", "vit", "lstm", "transformer")
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, marks=() if f in CI_FAMILIES else pytest.mark.slow)
-                                    for f in [*FAMILIES, *SEQUENCES]])
+                                    for f in [*FAMILIES, *SEQUENCES, *OTHERS]])
 def test_every_family_and_form_runs_in_onnx_runtime_as_in_float64_pytorch(family):
     for form, model in _forms(family).items():
         model = model.eval()

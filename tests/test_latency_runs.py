@@ -12,7 +12,6 @@ from benchmarks import tracking
 from benchmarks.cli import main
 from benchmarks.config import make_config
 from benchmarks.latency import Timing, Window
-from benchmarks.latency import model as model_module
 from benchmarks.latency import table as table_module
 from benchmarks.methods import exclude_patterns, get_method
 from benchmarks.models import create_model
@@ -38,7 +37,6 @@ def _flops_time(calls, **_):
 def flops_table(monkeypatch):
     """Table entries and network latencies priced by their FLOPs (the run's own latency is still measured)."""
     monkeypatch.setattr(table_module, "time_interleaved", _flops_time)
-    monkeypatch.setattr(model_module, "time_interleaved", _flops_time)
 
 
 def _cfg(store, **kw):
@@ -99,6 +97,7 @@ def test_a_latency_target_run_plans_by_the_table_and_records_prediction_beside_m
     network = create_model("fcn", 10, (1, 8, 8), layers=3, width=48)
     table = speed.cached(cfg, get_method(method), network, (1, 8, 8), torch.device("cpu"))
     assert abs(1 - m[schema.latency_at("pred_ms", BATCH)] / table.base_ms - 0.4) <= 0.01
+    assert m[schema.latency_at("ref_ms", BATCH)] > 0
 
 
 def test_an_unreachable_speedup_fails_before_the_run_is_recorded_stating_the_largest(store, flops_table):

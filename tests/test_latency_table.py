@@ -47,7 +47,7 @@ def test_time_interleaved_reports_every_call_and_flags_an_unsteady_one():
 
 
 def test_rank_curve_interpolates_and_never_rises_as_rank_falls():
-    curve = RankCurve(ranks=[1, 4, 8], pair_ms=[2.0, 1.0, 3.0], dense_ms=2.5, noisy=False)
+    curve = RankCurve(ranks=[1, 4, 8], pair_ms=[2.0, 1.0, 3.0], dense_ms=2.5, noisy=False, ref_ms=1.0)
     assert curve.pair(8) == 3.0
     assert curve.pair(6) == pytest.approx(2.0)  # between the monotone values 1.0 (rank 4) and 3.0 (rank 8)
     assert curve.pair(1) == curve.pair(2) == 1.0  # rank 1 measured slower than rank 4: noise, never a plan's gain
@@ -58,7 +58,7 @@ def test_width_grid_is_exact_for_latency_affine_in_each_width():
         return 0.01 * i * o + 0.2 * i + 0.1 * o + 1.0
 
     ins, outs = [4, 8, 16], [2, 6, 10]
-    grid = WidthGrid(ins, outs, [[cost(i, o) for o in outs] for i in ins], noisy=False)
+    grid = WidthGrid(ins, outs, [[cost(i, o) for o in outs] for i in ins], noisy=False, ref_ms=1.0)
     lookup = grid.interpolator()
     i, o = np.array([5, 12, 16, 4]), np.array([3, 7, 10, 2])
     np.testing.assert_allclose(lookup(i, o), cost(i, o), rtol=1e-12)
@@ -124,11 +124,11 @@ def _synthetic(model: nn.Module, in_shape: tuple[int, ...]) -> ModelLatency:
         ranks = list(range(1, g.full_rank + 1))
         dense[name] = g.in_channels * g.out_channels / 1000
         curves[name] = RankCurve(ranks, [r * (g.in_channels + g.out_channels) / 1000 for r in ranks], dense[name],
-                                 False)
+                                 False, 1.0)
         ins, outs = [1, g.in_channels], [1, g.out_channels]
-        grids[name] = WidthGrid(ins, outs, [[i * o / 1000 for o in outs] for i in ins], False)
+        grids[name] = WidthGrid(ins, outs, [[i * o / 1000 for o in outs] for i in ins], False, 1.0)
     return ModelLatency(geometries, activations, dense, remainder_ms=0.5, scaled_ms=0.0, rank_curves=curves,
-                        width_grids=grids, measured_ms=0.5 + sum(dense.values()))
+                        width_grids=grids, measured_ms=0.5 + sum(dense.values()), ref_ms=1.0, reference=lambda: None)
 
 
 def test_a_latency_plan_meets_its_target_by_the_table_and_splits_only_faster_pairs():
@@ -175,27 +175,56 @@ def test_pruning_to_a_latency_target_prices_channels_by_the_table():
     assert 0 < info.value.largest < 0.99
 
 
-def test_layers_slower_alone_than_in_the_network_are_scaled_to_its_time(tmp_path, tiny_grids, monkeypatch):
+def _flops_window(scale):
+    """A stand-in for time_interleaved: the i-th call 'takes' its multiply-adds / 1e6 ms times scale(calls, i)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from benchmarks.latency import Timing, Window
-    from benchmarks.latency import model as model_module
 
-    def timed(calls, halve=False, **_):
+    def timed(calls, **_):
         out = []
-        for call in calls:
+        for index, call in enumerate(calls):
             with FlopCounterMode(display=False) as counter:
                 call()
-            out.append(Timing(counter.get_total_flops() / 1e6 * (0.5 if halve else 1.0), 0.0, 1, False))
+            out.append(Timing(counter.get_total_flops() / 1e6 * scale(calls, index), 0.0, 1, False))
         return Window(out, 0.0)
 
-    monkeypatch.setattr(table_module, "time_interleaved", timed)
-    monkeypatch.setattr(model_module, "time_interleaved", lambda calls, **kw: timed(calls, halve=True))
+    return timed
+
+
+def test_layers_slower_alone_than_in_the_network_are_scaled_to_its_time(tmp_path, tiny_grids, monkeypatch):
     model = _fcn()
-    alone = model_latency(model, (1, 4, 4), LatencyTable(tmp_path / "alone", context(4, torch.device("cpu"))),
-                          ("rank",))
-    # The network measured whole takes half its layers' time alone: every entry is halved, no remainder is left.
+    # The network's window (its full and half batch, then the reference) runs the network at half its layers' cost
+    # alone while the reference keeps its speed: no drift, the layers alone do outlast the network.
+    network = {"now": False}
+    monkeypatch.setattr(table_module, "time_interleaved", _flops_window(
+        lambda calls, i: 0.5 if network["now"] and i < len(calls) - 1 else 1.0))
+    table = LatencyTable(tmp_path / "alone", context(4, torch.device("cpu")))
+    for geom in layer_geometries(model, (1, 4, 4))[0].values():
+        table.rank_curve(geom)
+    network["now"] = True
+    alone = model_latency(model, (1, 4, 4), table, ("rank",))
+    # Every entry is halved, no remainder is left.
     assert alone.remainder_ms == 0.0 and alone.base_ms == pytest.approx(alone.measured_ms)
-    unscaled = LatencyTable(tmp_path / "alone", context(4, torch.device("cpu"))).rank_curve(alone.geometries["1"])
+    unscaled = table.rank_curve(alone.geometries["1"])
     assert alone.rank_curves["1"].pair(4) == pytest.approx(unscaled.pair(4) / 2)
     assert alone.dense_ms["1"] == pytest.approx(unscaled.dense_ms / 2)
+
+
+def test_a_prediction_follows_the_machine_speed_its_window_measured(tmp_path, tiny_grids, monkeypatch):
+    model = _fcn()
+    monkeypatch.setattr(table_module, "time_interleaved", _flops_window(lambda calls, i: 1.0))
+    latency = model_latency(model, (1, 4, 4), LatencyTable(tmp_path / "t", context(4, torch.device("cpu"))),
+                            ("rank",))
+    compressed = lorita.factorize(model, {"1": 2}, split={"1"})
+    at_build = latency.predict(compressed)
+    assert latency.predict(compressed, latency.ref_ms) == pytest.approx(at_build)
+    # A window in which the reference took 1.3 times as long: the machine runs slower, and so does the prediction.
+    assert latency.predict(compressed, 1.3 * latency.ref_ms) == pytest.approx(1.3 * at_build)
+    # Entries measured while the machine ran at another speed are brought to the network window's speed.
+    slow = [2.0]  # every call of every window twice as slow: the reference shows it
+    monkeypatch.setattr(table_module, "time_interleaved", _flops_window(lambda calls, i: slow[0]))
+    drifted = model_latency(model, (1, 4, 4), LatencyTable(tmp_path / "d", context(4, torch.device("cpu"))),
+                            ("rank",))
+    assert drifted.base_ms == pytest.approx(2 * latency.base_ms)
+    assert drifted.predict(compressed) / drifted.base_ms == pytest.approx(at_build / latency.base_ms)

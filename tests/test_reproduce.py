@@ -6,14 +6,14 @@ import pytest
 
 from benchmarks.config import ConfigError
 from benchmarks.sweeps.grid import expand
-from benchmarks.sweeps.reproduce import PAPER_DIR, block_sweep, blocks, reproduce
+from benchmarks.sweeps.reproduce import PAPER_DIR, block_sweep, blocks, paper_blocks, reproduce
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 AUTHORS = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 128, "label_smoothing": 0.1,
            "schedule": "plateau", "plateau_factor": 0.1, "plateau_patience": 15}
 
 
-@pytest.mark.parametrize("block", blocks())
+@pytest.mark.parametrize("block", paper_blocks())
 def test_paper_configs_keep_the_authors_recipe(block):
     runs = expand(block_sweep(block, "paper", None))
     assert runs
@@ -33,7 +33,8 @@ def test_paper_configs_keep_the_authors_recipe(block):
 
 
 def test_paper_blocks_cover_the_paper_and_the_ablations():
-    assert set(blocks()) == {"mnist_fcn", "vit_cifar10", "vgg16_cifar10", "vgg16_cifar100", "resnet20_cifar10",
+    assert set(blocks()) == set(paper_blocks()) | {"sequences"}
+    assert set(paper_blocks()) == {"mnist_fcn", "vit_cifar10", "vgg16_cifar10", "vgg16_cifar100", "resnet20_cifar10",
                              "resnet20_cifar100", "ablation_weight_decay", "ablation_depth"}
     decays = {cfg.budget.weight_decay for cfg in expand(block_sweep("ablation_weight_decay", "paper", None))}
     assert len(decays) >= 4 and min(decays) <= 1e-5 and max(decays) >= 1e-2
@@ -73,3 +74,16 @@ def test_mnist_block_plans_on_the_shared_copy(capsys):
     assert "mnist_fcn:" in out and "runs" in out and "trainings" in out
     sweep = block_sweep("mnist_fcn", "short", str(SHARED))
     assert {cfg.data_root for cfg in expand(sweep)} == {str(SHARED / "mnist-10k")}
+
+
+@pytest.mark.skipif(not (SHARED / "mnist-10k").is_dir(), reason="needs ../shared/data/mnist-10k")
+def test_the_sequences_block_finds_its_images_and_keeps_each_datasets_budget():
+    sweep = block_sweep("sequences", "paper", str(SHARED))
+    runs = expand(sweep)
+    by_data = {cfg.dataset: cfg for cfg in runs}
+    assert by_data["mnist-seq"].data_root == str(SHARED / "mnist-10k")
+    assert {cfg.model for cfg in runs} == {"lstm", "gru", "transformer"}
+    # Each dataset's own epochs survive the lookup of where it lives.
+    plain = {cfg.dataset: cfg.budget.epochs for cfg in expand(block_sweep("sequences", "paper", None))}
+    assert {name: cfg.budget.epochs for name, cfg in by_data.items()} == plain
+    assert len(set(plain.values())) > 1

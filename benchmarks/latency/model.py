@@ -7,13 +7,19 @@ pruning narrows the activations too, so the part of the remainder that scales wi
 latency at half its batch tells the fixed overhead from the part that grows with the data) shrinks with the output
 widths of the layers, weighted by their activation sizes. Where the layers timed alone add up to more than the
 network (a negative remainder), their entries are scaled to the network's time instead.
+
+Every window (each entry's, the network's, a run's) also times the table's reference workload: entries are brought to
+the machine's speed during the network's window by the ratio of the reference's times, since this shared machine's
+speed drifts between windows. A run records the reference timed in its own window beside the prediction; the
+prediction itself stays at the table's speed (`predict(model, ref_ms)` scales it to another window's, which the
+latency-table benchmark measured to be no better here).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +32,12 @@ import lorita
 from benchmarks.config import stable_hash
 from benchmarks.files import write_atomic
 from benchmarks.latency.table import Geometry, LatencyTable, MissingEntry, RankCurve, WidthGrid, geometry
-from benchmarks.latency.timing import time_interleaved
-from benchmarks.run.environment import synchronize
 from lorita.costs import PlanCost
 from lorita.factorize import Factorized
 from lorita.forward import probe
 
 # Format of a cached remainder; another value is measured again.
-REMAINDER_VERSION = 1
+REMAINDER_VERSION = 2
 
 
 def layer_geometries(model: nn.Module, in_shape: tuple[int, ...]) -> tuple[dict[str, Geometry], dict[str, int]]:
@@ -75,6 +79,8 @@ class ModelLatency:
     rank_curves: dict[str, RankCurve]
     width_grids: dict[str, WidthGrid]
     measured_ms: float  # the uncompressed network, measured whole
+    ref_ms: float  # the reference workload's time in the network's window: every ms above is at that speed
+    reference: Callable[[], object]  # the reference's call, to time it in a run's window
 
     @property
     def base_ms(self) -> float:
@@ -110,8 +116,12 @@ class ModelLatency:
 
         return baselines.LatencyCost(self.base_ms, predict)
 
-    def predict(self, compressed: nn.Module) -> float:
-        """The table's latency for a compressed form of the network (factorized pairs, pruned or whole layers)."""
+    def predict(self, compressed: nn.Module, ref_ms: float | None = None) -> float:
+        """The table's latency for a compressed form of the network (factorized pairs, pruned or whole layers), at the
+        machine's speed of the window whose reference took `ref_ms` (default: the network's own window)."""
+        return self._predict(compressed) * (1.0 if ref_ms is None else ref_ms / self.ref_ms)
+
+    def _predict(self, compressed: nn.Module) -> float:
         widths, ranks = {}, {}
         for name, geom in self.geometries.items():
             try:
@@ -160,11 +170,10 @@ def _network(table: LatencyTable, model: nn.Module, in_shape: tuple[int, ...]) -
     batch = table.ctx.batch
     half = max(1, batch // 2)
     full_x, half_x = torch.randn(batch, *in_shape, device=device), torch.randn(half, *in_shape, device=device)
-    window = time_interleaved([table.call(model, full_x), table.call(model, half_x)], rounds=table.rounds,
-                              sync=lambda: synchronize(device))
-    full_ms, half_ms = (t.median_ms for t in window.timings)
-    entry = {"version": REMAINDER_VERSION, "measured_ms": full_ms, "half_ms": half_ms,
-             "noisy": any(t.noisy for t in window.timings)}
+    timings, ref_ms = table.measure_window([table.call(model, full_x), table.call(model, half_x)])
+    full_ms, half_ms = (t.median_ms for t in timings)
+    entry = {"version": REMAINDER_VERSION, "measured_ms": full_ms, "half_ms": half_ms, "ref_ms": ref_ms,
+             "noisy": any(t.noisy for t in timings)}
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(entry)))
     return entry
 
@@ -174,38 +183,38 @@ def model_latency(model: nn.Module, in_shape: tuple[int, ...], table: LatencyTab
     """The latency model of an uncompressed `model` (its weights do not matter), measuring missing entries now."""
     model = model.cpu().eval()
     geometries, activations = layer_geometries(model, in_shape)
-    rank_curves, width_grids, dense = {}, {}, {}
-    for name, geom in geometries.items():
-        if "rank" in forms:
-            rank_curves[name] = table.rank_curve(geom)
-            dense[name] = rank_curves[name].dense_ms
-        if "width" in forms:
-            width_grids[name] = table.width_grid(geom)
-            dense.setdefault(name, width_grids[name].at(geom.in_channels, geom.out_channels))
+    rank_curves = {name: table.rank_curve(geom) for name, geom in geometries.items()} if "rank" in forms else {}
+    width_grids = {name: table.width_grid(geom) for name, geom in geometries.items()} if "width" in forms else {}
     measured = _network(table, model, in_shape)
+    ref_ms = measured["ref_ms"]
+    rank_curves = {name: _scaled_curve(c, ref_ms / c.ref_ms, ref_ms) for name, c in rank_curves.items()}
+    width_grids = {name: _scaled_grid(g, ref_ms / g.ref_ms, ref_ms) for name, g in width_grids.items()}
+    dense = {name: rank_curves[name].dense_ms if name in rank_curves
+             else width_grids[name].at(geom.in_channels, geom.out_channels) for name, geom in geometries.items()}
     total = measured["measured_ms"]
     remainder = total - sum(dense.values())
     if remainder < 0:
         # The layers timed alone take longer than the whole network (measured: ResNet-20 at batch 128 on this
         # project's CPU, 1.5x); the entries are then scaled to the network's own time, and no remainder is left.
         factor = total / sum(dense.values())
-        rank_curves = {name: _scaled_curve(c, factor) for name, c in rank_curves.items()}
-        width_grids = {name: _scaled_grid(g, factor) for name, g in width_grids.items()}
+        rank_curves = {name: _scaled_curve(c, factor, c.ref_ms) for name, c in rank_curves.items()}
+        width_grids = {name: _scaled_grid(g, factor, g.ref_ms) for name, g in width_grids.items()}
         dense = {name: ms * factor for name, ms in dense.items()}
         remainder = 0.0
     # Latency ~ fixed + batch * per sample: twice the half-batch time less the full one is the fixed part; the rest of
     # the remainder is taken to grow with the data in the same proportion as the whole network's time.
     growing = 1 - min(1.0, max(0.0, 2 * measured["half_ms"] - total) / total)
     return ModelLatency(geometries, activations, dense, remainder, remainder * growing, rank_curves, width_grids,
-                        total)
+                        total, ref_ms, table.reference())
 
 
-def _scaled_curve(curve: RankCurve, factor: float) -> RankCurve:
-    return dataclasses.replace(curve, pair_ms=[ms * factor for ms in curve.pair_ms], dense_ms=curve.dense_ms * factor)
+def _scaled_curve(curve: RankCurve, factor: float, ref_ms: float) -> RankCurve:
+    return dataclasses.replace(curve, pair_ms=[ms * factor for ms in curve.pair_ms], dense_ms=curve.dense_ms * factor,
+                               ref_ms=ref_ms)
 
 
-def _scaled_grid(grid: WidthGrid, factor: float) -> WidthGrid:
-    return dataclasses.replace(grid, ms=[[ms * factor for ms in row] for row in grid.ms])
+def _scaled_grid(grid: WidthGrid, factor: float, ref_ms: float) -> WidthGrid:
+    return dataclasses.replace(grid, ms=[[ms * factor for ms in row] for row in grid.ms], ref_ms=ref_ms)
 
 
 def cache_folder(cache_dir: str | Path) -> Path:

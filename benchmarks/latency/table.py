@@ -37,7 +37,7 @@ RANK_FRACTIONS = (0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0)
 # Channel counts measured on each side, as fractions of the layer's own (deduplicated after rounding).
 WIDTH_FRACTIONS = (0.1, 0.25, 0.4, 0.6, 0.8, 1.0)
 # Format of a cached entry; another value is measured again.
-ENTRY_VERSION = 1
+ENTRY_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,13 @@ class Geometry:
         channel = -1 if self.kind == "linear" else 0
         shape[channel] = self.in_channels if in_channels is None else in_channels
         return torch.randn(batch, *shape)
+
+
+# A fixed workload timed in every window beside what the window measures: how fast the machine runs then. This
+# shared machine's speed drifts between windows far more than within one (measured: dense ResNet-20 at batch 128 took
+# 101 to 202 ms in windows a minute apart while its ratio to this conv stayed within 23 to 28), so entries measured
+# minutes apart, the network's own measurement and a run's window are compared in units of the reference's time.
+REFERENCE = Geometry("conv2d", 32, 32, False, (32, 16, 16), (3, 3), (1, 1), "[1, 1]", (1, 1), "zeros")
 
 
 def eval_padding(text: str) -> str | tuple[int, ...]:
@@ -141,6 +148,7 @@ class RankCurve:
     pair_ms: list[float]
     dense_ms: float
     noisy: bool
+    ref_ms: float  # the reference workload's time in the entry's window
 
     def pair(self, rank: int) -> float:
         """Interpolated latency of the pair at `rank` (monotone in rank)."""
@@ -156,6 +164,7 @@ class WidthGrid:
     outs: list[int]
     ms: list[list[float]]  # [in index][out index]
     noisy: bool
+    ref_ms: float  # the reference workload's time in the entry's window
 
     def interpolator(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """Vectorised latency at (in, out) arrays, clamped to the grid (monotone along both widths)."""
@@ -194,6 +203,7 @@ class LatencyTable:
         self.rounds = rounds
         self.measure = measure
         self.measured = 0  # entries this table measured (not read from disk), for progress messages
+        self._reference: Callable[[], object] | None = None
 
     def _path(self, geom: Geometry, form: str) -> Path:
         return self.folder / f"{form}-{stable_hash(asdict(geom))}.json"
@@ -209,9 +219,19 @@ class LatencyTable:
             return None
         return entry if isinstance(entry, dict) and entry.get("version") == ENTRY_VERSION else None
 
-    def _measure(self, calls: list[Callable[[], object]]) -> list[Timing]:
+    def reference(self) -> Callable[[], object]:
+        """The reference workload (REFERENCE at the table's batch) as this table's backend runs it."""
+        if self._reference is None:
+            self._reference = self.call(REFERENCE.layer(REFERENCE.in_channels, REFERENCE.out_channels),
+                                        REFERENCE.example(self.ctx.batch))
+        return self._reference
+
+    def measure_window(self, calls: list[Callable[[], object]]) -> tuple[list[Timing], float]:
+        """The calls' timings, taken side by side with the reference's, and the reference's median (ms)."""
         device = self.ctx.torch_device
-        return time_interleaved(calls, rounds=self.rounds, sync=lambda: synchronize(device)).timings
+        timings = time_interleaved([*calls, self.reference()], rounds=self.rounds,
+                                   sync=lambda: synchronize(device)).timings
+        return timings[:-1], timings[-1].median_ms
 
     def call(self, module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
         """A forward of `module` on `x` in this table's backend, as the timing harness takes it."""
@@ -234,19 +254,20 @@ class LatencyTable:
             ranks = _grid(geom.full_rank, RANK_FRACTIONS)
             calls = [self.call(geom.layer(geom.in_channels, geom.out_channels), geom.example(batch))]
             calls += [self.call(geom.pair(r), geom.example(batch)) for r in ranks]
-            timings = self._measure(calls)
+            timings, ref_ms = self.measure_window(calls)
             points = {"ranks": ranks, "pair_ms": [t.median_ms for t in timings[1:]], "dense_ms": timings[0].median_ms}
         elif form == "width":
             ins, outs = _grid(geom.in_channels, WIDTH_FRACTIONS), _grid(geom.out_channels, WIDTH_FRACTIONS)
             calls = [self.call(geom.layer(i, o), geom.example(batch, i)) for i in ins for o in outs]
-            timings = self._measure(calls)
+            timings, ref_ms = self.measure_window(calls)
             medians = [t.median_ms for t in timings]
             points = {"ins": ins, "outs": outs, "ms": [medians[k * len(outs):(k + 1) * len(outs)]
                                                        for k in range(len(ins))]}
         else:
             raise ValueError(f"latency table form must be one of {', '.join(FORMS)}; got {form!r}")
         entry = {"version": ENTRY_VERSION, "context": asdict(self.ctx), "geometry": asdict(geom), "form": form,
-                 "noisy": any(t.noisy for t in timings), "spread": max(t.spread for t in timings), **points}
+                 "noisy": any(t.noisy for t in timings), "spread": max(t.spread for t in timings), "ref_ms": ref_ms,
+                 **points}
         write_atomic(self._path(geom, form), lambda tmp: tmp.write_text(json.dumps(entry)))
         self.measured += 1
         return entry
@@ -254,9 +275,9 @@ class LatencyTable:
     def rank_curve(self, geom: Geometry) -> RankCurve:
         """The entry of `geom`'s thin pairs by rank, measured now when missing."""
         e = self._entry(geom, "rank")
-        return RankCurve(e["ranks"], e["pair_ms"], e["dense_ms"], e["noisy"])
+        return RankCurve(e["ranks"], e["pair_ms"], e["dense_ms"], e["noisy"], e["ref_ms"])
 
     def width_grid(self, geom: Geometry) -> WidthGrid:
         """The entry of `geom` at pruned widths, measured now when missing."""
         e = self._entry(geom, "width")
-        return WidthGrid(e["ins"], e["outs"], e["ms"], e["noisy"])
+        return WidthGrid(e["ins"], e["outs"], e["ms"], e["noisy"], e["ref_ms"])

@@ -33,14 +33,24 @@ class LatencyRecord:
 
 
 def _window(calls: list[Callable[[], object]], where: torch.device, size: int, suffix: str,
-            metrics: dict[str, float]) -> Window:
-    """Time the compressed and the uncompressed model's calls side by side and record them under `suffix`."""
-    window = time_interleaved(calls, sync=lambda: synchronize(where))
-    mine, theirs = window.timings
+            metrics: dict[str, float], predicted: tuple[nn.Module, ModelLatency] | None = None) -> Window:
+    """Time the compressed and the uncompressed model's calls side by side and record them under `suffix`; with
+    `predicted` (the compressed model and its latency model), the table's prediction, and the table's reference
+    workload timed in the same window (how fast the machine ran then, against `ModelLatency.ref_ms` when the table
+    was built)."""
+    reference = [predicted[1].reference] if predicted is not None else []
+    window = time_interleaved([*calls, *reference], sync=lambda: synchronize(where))
+    mine, theirs = window.timings[:2]
     metrics[schema.latency_at("ms", size, suffix)] = mine.median_ms
     metrics[schema.latency_at("iqr_ms", size, suffix)] = mine.iqr_ms
     metrics[schema.latency_at("base_ms", size, suffix)] = theirs.median_ms
     metrics[schema.speedup_at(size, suffix)] = theirs.median_ms / mine.median_ms
+    if predicted is not None:
+        model, latency = predicted
+        ref_ms = window.timings[2].median_ms
+        metrics[schema.latency_at("ref_ms", size, suffix)] = ref_ms
+        # Not scaled by the reference: measured here, that made predictions worse (benchmarks/perf/latency_table.py).
+        metrics[schema.latency_at("pred_ms", size, suffix)] = latency.predict(model)
     if window.others_busy is not None:
         metrics[schema.latency_at("busy", size, suffix)] = window.others_busy
     return window
@@ -51,7 +61,8 @@ def latency_metrics(model: nn.Module, base: nn.Module, in_shape: tuple[int, ...]
     """Forward latency of `model` beside the uncompressed `base`, at batch 1 and `batch`, on the CPU and the GPU
     when the run has one, and with backend "ort" through ONNX Runtime on the CPU too (suffix "_ort"): each pair timed
     side by side in one window (benchmarks.latency.time_interleaved), with the share of the CPUs other processes used
-    during it; `predicted`'s table prediction at `batch` beside it.
+    during it; `predicted`'s table prediction at `batch` beside it, with the table's reference workload timed in the
+    window of the table's backend and device.
 
     The achieved latency_drop is 1 - latency / base latency at `batch` on the run's device (backend "eager") or
     through ONNX Runtime (backend "ort": the backend its latency table was measured with).
@@ -60,11 +71,17 @@ def latency_metrics(model: nn.Module, base: nn.Module, in_shape: tuple[int, ...]
     windows: list[Window] = []
     sizes = sorted({1, batch})
     devices = [(torch.device("cpu"), "")] + ([(device, "_gpu")] if device.type == "cuda" else [])
-    for where, suffix in devices:
+    suffix = ORT_SUFFIX if backend == "ort" else devices[-1][1]
+
+    def table(size: int, where_suffix: str) -> tuple[nn.Module, ModelLatency] | None:
+        return (model, predicted) if predicted is not None and (size, where_suffix) == (batch, suffix) else None
+
+    for where, device_suffix in devices:
         pair = [copy.deepcopy(m).to(where).eval() for m in (model, base)]
         for size in sizes:
             x = torch.randn(size, *in_shape, device=where)
-            windows.append(_window([lambda m=m, x=x: m(x) for m in pair], where, size, suffix, metrics))
+            windows.append(_window([lambda m=m, x=x: m(x) for m in pair], where, size, device_suffix, metrics,
+                                   table(size, device_suffix)))
     if backend == "ort":
         if not ort_available():
             raise export.ExportError(f"latency_backend ort needs ONNX Runtime, which is not installed: {export.EXTRA}")
@@ -73,11 +90,9 @@ def latency_metrics(model: nn.Module, base: nn.Module, in_shape: tuple[int, ...]
         sessions = [export.ort_session(copy.deepcopy(m), torch.randn(2, *in_shape)) for m in (model, base)]
         for size in sizes:
             x = torch.randn(size, *in_shape)
-            windows.append(_window([s.call(x) for s in sessions], torch.device("cpu"), size, ORT_SUFFIX, metrics))
-    suffix = ORT_SUFFIX if backend == "ort" else devices[-1][1]
+            windows.append(_window([s.call(x) for s in sessions], torch.device("cpu"), size, ORT_SUFFIX, metrics,
+                                   table(size, ORT_SUFFIX)))
     metrics[schema.LATENCY_DROP] = 1 - 1 / metrics[schema.speedup_at(batch, suffix)]
-    if predicted is not None:
-        metrics[schema.latency_at("pred_ms", batch, suffix)] = predicted.predict(model)
     busy = [w.others_busy for w in windows if w.others_busy is not None]
     tags = {} if not busy else {schema.TAG_LATENCY_CPU_BUSY: f"{max(busy):.2f}",
                                 schema.TAG_LATENCY_UNDER_LOAD: "true" if any(w.under_load for w in windows)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 import lorita
 from benchmarks import checkpoints, export, tracking
-from benchmarks.config import LATENCY_DROP, RunConfig, config_to_dict, identity, stable_hash
+from benchmarks.config import LATENCY_DROP, ConfigError, RunConfig, config_to_dict, identity, stable_hash
 from benchmarks.data import Dataset, batches, load_dataset
 from benchmarks.errors import one_line
 from benchmarks.latency import ModelLatency
@@ -263,6 +263,9 @@ def execute(cfg: RunConfig, *, parent_run_id: str | None = None, force: bool = F
     # The data's content is part of the run's identity: the same config on other data is another run.
     data = load_dataset(cfg.dataset, data_root=cfg.data_root, val_fraction=cfg.budget.val_fraction, seed=cfg.split,
                         device=device, cache_dir=cfg.cache_dir, options=cfg.dataset_kwargs)
+    if cfg.budget.augment == "crop_flip" and not data.images:
+        raise ConfigError(f"config: budget.augment=crop_flip needs images; dataset {cfg.dataset!r} holds samples of "
+                          f"shape {tuple(data.in_shape)}: use augment none or auto")
     # A typo in a model name or option fails here, in one line, rather than as a FAILED run in the store.
     method.build_for_training(cfg, _fresh_model(cfg, data))
     while True:
