@@ -34,8 +34,8 @@ def test_time_interleaved_reports_every_call_and_flags_an_unsteady_one():
     a, b = torch.randn(64, 64), torch.randn(256, 256)
     calls = iter(range(10**9))
 
-    def unsteady():  # every other call 64 times the work: its spread stays far above 10 %
-        m = b if next(calls) % 2 else a
+    def unsteady():  # every third call 64 times the work: its spread stays far above 10 %
+        m = b if next(calls) % 3 == 0 else a
         return m @ m
 
     window = time_interleaved([lambda: a @ a, unsteady], rounds=8, min_sample_s=0.0)
@@ -44,6 +44,18 @@ def test_time_interleaved_reports_every_call_and_flags_an_unsteady_one():
     assert noisy.noisy and noisy.spread > 0.1
     assert noisy.samples == 8  # measured again: the fresh rounds replace the first
     assert window.others_busy is None or 0.0 <= window.others_busy <= 1.0
+
+
+def test_each_sample_follows_an_untimed_call_of_its_own():
+    order = []
+    window = time_interleaved([lambda: order.append("a"), lambda: order.append("b")], rounds=3, warmup=1,
+                              min_sample_s=0.0)
+    assert [t.samples for t in window.timings] == [3, 3]
+    # warm-up a, b; one calibration call each; then per round: a primed, a timed, b primed, b timed (and as many
+    # fresh rounds of the calls whose spread, for calls this short, stayed above the limit)
+    assert order[:16] == ["a", "b", "a", "b"] + ["a", "a", "b", "b"] * 3
+    again = order[16:]
+    assert all(again[i] == again[i + 1] for i in range(0, len(again), 2)) and len(again) in (0, 6, 12)
 
 
 def test_rank_curve_interpolates_and_never_rises_as_rank_falls():

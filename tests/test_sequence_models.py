@@ -126,8 +126,10 @@ def test_a_sweep_lists_not_applicable_runs_and_exits_zero(store, capsys):
 
 def test_sequences_sweep_gives_each_dataset_its_epochs():
     runs = expand(load_sweep(str(SEQUENCES)))
-    assert len(runs) == 882
-    assert {(cfg.dataset, cfg.budget.epochs) for cfg in runs} == {("digits-seq", 20), ("mnist-seq", 10)}
+    assert len(runs) == 2205
+    assert {(cfg.dataset, cfg.budget.epochs, cfg.budget.batch_size) for cfg in runs} == {
+        ("digits-seq", 20, 128), ("mnist-seq", 10, 128), ("uea:JapaneseVowels", 30, 16), ("uea:BasicMotions", 150, 16),
+        ("uea:ItalyPowerDemand", 30, 16)}
     assert {cfg.model for cfg in runs} == {"lstm", "gru", "transformer"}
     with pytest.raises(ConfigError, match=r"datasets\[0\].budget must be a mapping of budget fields to one value"):
         parse_sweep({"name": "x", "models": ["lstm"], "methods": ["dense"],

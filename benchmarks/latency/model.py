@@ -10,9 +10,8 @@ network (a negative remainder), their entries are scaled to the network's time i
 
 Every window (each entry's, the network's, a run's) also times the table's reference workload: entries are brought to
 the machine's speed during the network's window by the ratio of the reference's times, since this shared machine's
-speed drifts between windows. A run records the reference timed in its own window beside the prediction; the
-prediction itself stays at the table's speed (`predict(model, ref_ms)` scales it to another window's, which the
-latency-table benchmark measured to be no better here).
+speed drifts between windows; a run's prediction is brought to the speed of the run's own window the same way
+(`predict(model, ref_ms)`, the reference timed in that window).
 """
 
 from __future__ import annotations

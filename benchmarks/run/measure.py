@@ -35,9 +35,9 @@ class LatencyRecord:
 def _window(calls: list[Callable[[], object]], where: torch.device, size: int, suffix: str,
             metrics: dict[str, float], predicted: tuple[nn.Module, ModelLatency] | None = None) -> Window:
     """Time the compressed and the uncompressed model's calls side by side and record them under `suffix`; with
-    `predicted` (the compressed model and its latency model), the table's prediction, and the table's reference
-    workload timed in the same window (how fast the machine ran then, against `ModelLatency.ref_ms` when the table
-    was built)."""
+    `predicted` (the compressed model and its latency model), the table's reference workload timed in the same window
+    and the table's prediction at the machine speed that reference measured (against `ModelLatency.ref_ms`, its time
+    when the table was built)."""
     reference = [predicted[1].reference] if predicted is not None else []
     window = time_interleaved([*calls, *reference], sync=lambda: synchronize(where))
     mine, theirs = window.timings[:2]
@@ -49,8 +49,7 @@ def _window(calls: list[Callable[[], object]], where: torch.device, size: int, s
         model, latency = predicted
         ref_ms = window.timings[2].median_ms
         metrics[schema.latency_at("ref_ms", size, suffix)] = ref_ms
-        # Not scaled by the reference: measured here, that made predictions worse (benchmarks/perf/latency_table.py).
-        metrics[schema.latency_at("pred_ms", size, suffix)] = latency.predict(model)
+        metrics[schema.latency_at("pred_ms", size, suffix)] = latency.predict(model, ref_ms)
     if window.others_busy is not None:
         metrics[schema.latency_at("busy", size, suffix)] = window.others_busy
     return window
@@ -61,8 +60,8 @@ def latency_metrics(model: nn.Module, base: nn.Module, in_shape: tuple[int, ...]
     """Forward latency of `model` beside the uncompressed `base`, at batch 1 and `batch`, on the CPU and the GPU
     when the run has one, and with backend "ort" through ONNX Runtime on the CPU too (suffix "_ort"): each pair timed
     side by side in one window (benchmarks.latency.time_interleaved), with the share of the CPUs other processes used
-    during it; `predicted`'s table prediction at `batch` beside it, with the table's reference workload timed in the
-    window of the table's backend and device.
+    during it; `predicted`'s table prediction at `batch` beside it, in the window of the table's backend and device,
+    brought to that window's machine speed by the table's reference workload timed in it.
 
     The achieved latency_drop is 1 - latency / base latency at `batch` on the run's device (backend "eager") or
     through ONNX Runtime (backend "ort": the backend its latency table was measured with).
