@@ -87,3 +87,6 @@ def test_the_sequences_block_finds_its_images_and_keeps_each_datasets_budget():
     plain = {cfg.dataset: cfg.budget.epochs for cfg in expand(block_sweep("sequences", "paper", None))}
     assert {name: cfg.budget.epochs for name, cfg in by_data.items()} == plain
     assert len(set(plain.values())) > 1
+    # The short preset cuts each dataset's own epochs too.
+    short = {cfg.dataset: cfg.budget.epochs for cfg in expand(block_sweep("sequences", "short", None))}
+    assert short == {name: max(1, round(epochs / 20)) for name, epochs in plain.items()}

@@ -69,6 +69,9 @@ def block_sweep(block: str, preset: str, data_root: str | None) -> Sweep:
         raise ConfigError(f"reproduce: block must be one of {', '.join(blocks())}; got {block!r}")
     data = load_yaml(_block_path(block))
     data["budget"] = _scaled_budget(data.get("budget", {}), PRESETS[preset])
+    # A dataset's own budget (the sequences block gives each its epochs) is cut alike.
+    data["datasets"] = [{**d, "budget": _scaled_budget(d["budget"], PRESETS[preset])}
+                        if isinstance(d, dict) and "budget" in d else d for d in data["datasets"]]
     if preset != "paper":
         data["name"] = f"{data['name']}-{preset}"
     if data_root is not None:
