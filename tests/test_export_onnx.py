@@ -104,8 +104,9 @@ def test_an_ort_latency_table_entry_is_timed_through_onnx_runtime(tmp_path, monk
     assert ctx.backend == "ort" and ctx != context(4, torch.device("cpu"))  # another context: another folder
     curve = LatencyTable(tmp_path, ctx, rounds=3).rank_curve(geom)
     assert curve.dense_ms > 0 and curve.ranks == [5, 10]
-    # Every call timed (the dense layer, then the pair at each rank) ran through an ONNX Runtime session.
-    assert [type(m).__name__ for m in sessions] == ["Linear", "Sequential", "Sequential"]
+    # Every call timed (the dense layer, then the pair at each rank, and the table's reference conv beside them) ran
+    # through an ONNX Runtime session.
+    assert [type(m).__name__ for m in sessions] == ["Linear", "Sequential", "Sequential", "Conv2d"]
 
 
 def test_a_logged_model_waits_in_the_outbox_while_the_server_is_away(tmp_path, monkeypatch):
