@@ -84,7 +84,12 @@ class Dataset:
     @property
     def images(self) -> bool:
         """Whether the samples are uint8 (C, H, W) images, the only ones random crops and flips apply to."""
-        return self.train_x.dtype == torch.uint8 and self.train_x.dim() == 4
+        return holds_images(self.train_x)
+
+
+def holds_images(x: Tensor) -> bool:
+    """Whether `x` is a uint8 (N, C, H, W) batch of images."""
+    return x.dtype == torch.uint8 and x.dim() == 4
 
 
 def validation_view(data: Dataset) -> Dataset:
@@ -313,7 +318,7 @@ def batches(
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if augment and (x.dtype != torch.uint8 or x.dim() != 4):
+    if augment and not holds_images(x):
         # Else random_crop_flip fails deep inside with a shape error: crops and flips are of images only.
         raise DataError(f"budget.augment crop_flip needs uint8 (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}; "
                         "use auto or none")

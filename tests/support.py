@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+import torch
 import torchvision
 import yaml
 from torch import nn
@@ -91,3 +92,32 @@ def table_width(standalone: str, folder: Path) -> tuple[float, float, bool]:
     log = (folder / "table.log").read_text(errors="replace")
     width = [float(re.search(rf"{name}=([\d.]+)pt", log)[1]) for name in ("NATURAL", "COLUMN")]
     return width[0], width[1], "Overfull" in log
+
+
+def outputs_and_grads_by_mode(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, list]]:
+    """Each LoRITa forward mode's output on `x` and the gradients of its squared sum, one per parameter (None where a
+    parameter got none)."""
+    from lorita.compose import set_mode
+
+    results = {}
+    for mode in ("activation", "weight", "auto"):
+        set_mode(model, mode)
+        model.zero_grad()
+        out = model(x)
+        out.square().sum().backward()
+        results[mode] = (out.detach(), [None if p.grad is None else p.grad.clone() for p in model.parameters()])
+    return results
+
+
+def sgd_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, epochs: int = 10) -> None:
+    """Train `model` on (x, y) in place: SGD with momentum 0.9 and weight decay 1e-3 (the decay LoRITa needs),
+    cross-entropy, batches of 64 in an order seeded 0."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3)
+    order = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=order)
+        for i in range(0, len(x), 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()

@@ -7,12 +7,13 @@ import copy
 
 import pytest
 import torch
+from support import outputs_and_grads_by_mode
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lorita
 from lorita.attention import LowRankAttention, LowRankEncoderLayer
-from lorita.compose import composed_factors, is_composed, make_low_rank_, set_mode
+from lorita.compose import composed_factors, is_composed, make_low_rank_
 from lorita.costs import plan_cost
 from lorita.counting import count_flops_params
 from lorita.product import is_product
@@ -130,13 +131,7 @@ def test_modes_agree_where_they_apply():
     # by their modules, always as products.
     model = lorita.overparameterize(_model("transformer"), 3).eval()
     x = _x(2)
-    results = {}
-    for mode in ("activation", "weight", "auto"):
-        set_mode(model, mode)
-        model.zero_grad()
-        out = model(x)
-        out.square().sum().backward()
-        results[mode] = (out.detach(), [p.grad.clone() for p in model.parameters()])
+    results = outputs_and_grads_by_mode(model, x)
     reference, grads = results["activation"]
     for mode in ("weight", "auto"):
         assert _relative_error(results[mode][0], reference) < 1e-10

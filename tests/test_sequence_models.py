@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import write_sweep
-from torch import nn
+from support import sgd_epochs, write_sweep
 
 import baselines
 import lorita
@@ -68,15 +67,7 @@ def _significant_values(factors: int) -> tuple[int, int]:
     x, y = normalize(data.train_x, data.mean, data.std), data.train_y
     torch.manual_seed(0)
     model = lorita.overparameterize(create_model("lstm", 10, data.in_shape, hidden=32), factors)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-    order = torch.Generator().manual_seed(0)
-    for _ in range(10):
-        perm = torch.randperm(len(x), generator=order)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+    sgd_epochs(model, x, y, lr=0.1)
     counts = {name: int((s > 1e-2 * s[0]).sum()) for name, s in lorita.spectra(lorita.collapse(model)).items()}
     return sum(counts.values()), sum(n for name, n in counts.items() if name.startswith("rnn."))
 

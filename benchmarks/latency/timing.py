@@ -145,3 +145,10 @@ def time_interleaved(calls: Sequence[Callable[[], object]], *, rounds: int = 9, 
             timing = _timing(samples, False)
             timings[i] = _timing(samples, timing.spread > MAX_SPREAD)
     return Window(timings, load.others())
+
+
+def time_beside(calls: Sequence[Callable[[], object]], reference: Callable[[], object], **kw) -> tuple[Window, float]:
+    """`time_interleaved` of `calls` with `reference` (a latency table's reference workload) timed among them: the
+    calls' window without it, and the reference's median (ms), how fast the machine ran during the window."""
+    window = time_interleaved([*calls, reference], **kw)
+    return Window(window.timings[:-1], window.others_busy), window.timings[-1].median_ms

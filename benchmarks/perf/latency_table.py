@@ -32,7 +32,7 @@ from torch import nn
 
 import baselines
 import lorita
-from benchmarks.latency import LatencyTable, ModelLatency, context, model_latency, time_interleaved
+from benchmarks.latency import LatencyTable, ModelLatency, context, model_latency, time_beside
 from benchmarks.methods import get_method
 from benchmarks.models import create_model
 from benchmarks.perf import common
@@ -121,9 +121,9 @@ def bench(name: str, batch: int, args: argparse.Namespace, cache: Path) -> list[
             # Each plan beside its dense network only, as a run records its latency: several networks' activations in
             # one window slow them all (measured: dense ResNet-20 at batch 128, 104 ms alone, 186 ms among 12).
             network = networks[get_method(row["method"]).composes]
-            window = time_interleaved([lambda n=network: n(x), lambda m=model: m(x), latency.reference],
+            window, ref = time_beside([lambda n=network: n(x), lambda m=model: m(x)], latency.reference,
                                       rounds=args.rounds)
-            dense, timing, ref = window.timings[0].median_ms, window.timings[1], window.timings[2].median_ms
+            dense, timing = window.timings[0].median_ms, window.timings[1]
             row["others_busy"] = window.others_busy
             # At the machine's speed of this window (the reference timed in it) and at the table's own.
             predicted, at_build = latency.predict(model, ref), latency.predict(model)

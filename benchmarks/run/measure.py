@@ -14,7 +14,7 @@ from torch import nn
 import lorita
 from benchmarks import export
 from benchmarks.export import available as ort_available
-from benchmarks.latency import ModelLatency, Window, time_interleaved
+from benchmarks.latency import ModelLatency, Window, time_beside, time_interleaved
 from benchmarks.run.environment import synchronize
 from benchmarks.tracking import schema
 
@@ -38,16 +38,20 @@ def _window(calls: list[Callable[[], object]], where: torch.device, size: int, s
     `predicted` (the compressed model and its latency model), the table's reference workload timed in the same window
     and the table's prediction at the machine speed that reference measured (against `ModelLatency.ref_ms`, its time
     when the table was built)."""
-    reference = [predicted[1].reference] if predicted is not None else []
-    window = time_interleaved([*calls, *reference], sync=lambda: synchronize(where))
-    mine, theirs = window.timings[:2]
+    def sync() -> None:
+        synchronize(where)
+
+    if predicted is None:
+        window = time_interleaved(calls, sync=sync)
+    else:
+        window, ref_ms = time_beside(calls, predicted[1].reference, sync=sync)
+    mine, theirs = window.timings
     metrics[schema.latency_at("ms", size, suffix)] = mine.median_ms
     metrics[schema.latency_at("iqr_ms", size, suffix)] = mine.iqr_ms
     metrics[schema.latency_at("base_ms", size, suffix)] = theirs.median_ms
     metrics[schema.speedup_at(size, suffix)] = theirs.median_ms / mine.median_ms
     if predicted is not None:
         model, latency = predicted
-        ref_ms = window.timings[2].median_ms
         metrics[schema.latency_at("ref_ms", size, suffix)] = ref_ms
         metrics[schema.latency_at("pred_ms", size, suffix)] = latency.predict(model, ref_ms)
     if window.others_busy is not None:
