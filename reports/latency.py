@@ -2,9 +2,9 @@
 
 Runs record what their version measured: old runs `latency_ms_b1` and `latency_ms_b128` alone, newer ones the spread
 (`latency_iqr_ms_b<B>`), the uncompressed model measured beside it (`latency_base_ms_b<B>`), the measured speed-up
-(`speedup_b<B>`), a latency table's prediction (`latency_pred_ms_b<B>`, with `latency_ref_ms_b<B>` the table's reference
-workload timed in the same window) and the CPU share others used. Everything
-here works from whichever of these a run has.
+(`speedup_b<B>`), a latency table's prediction (`latency_pred_ms_b<B>`; runs of 2026-12-01 also `latency_ref_ms_b<B>`,
+the table's reference workload timed in the same window) and the CPU share others used. Everything here works from
+whichever of these a run has.
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ def _flops_time(calls, **_):
 
 
 def _predicted_at_table_speed(metrics: dict, table) -> float:
-    # A run's prediction is at the machine speed of its window (the reference timed there, in real ms; the table's is
-    # priced by FLOPs): brought back to the table's own speed by the ratio of the two reference times.
-    return metrics[schema.latency_at("pred_ms", BATCH)] * table.ref_ms / metrics[schema.latency_at("ref_ms", BATCH)]
+    # A run's prediction is the table's ratio to the uncompressed network times that network's time in the run's window
+    # (real ms; the table's are priced by FLOPs): brought back to the table's own window by the network's two times.
+    return metrics[schema.latency_at("pred_ms", BATCH)] * table.base_ms / metrics[schema.latency_at("base_ms", BATCH)]
 
 
 @pytest.fixture
@@ -138,6 +138,9 @@ def test_a_sweep_lists_speedups_and_builds_their_tables_before_its_runs(store, f
                       cache_dir=str(store / "sweep-cache"))
     with pytest.raises(ValueError, match="is unreachable for svd on fcn: the largest reachable speed-up is"):
         speed.tables(expand(load_sweep(far)), criterion_batches)
+    # Through the command: one line, and nothing recorded (no parent run left RUNNING either).
+    assert main(["sweep", str(far)]) == 2
+    assert _runs("too-fast") == 0
 
 
 def test_cuttlefish_switches_to_the_ranks_the_table_plans(store, flops_table):

@@ -8,10 +8,10 @@ from torch import nn
 from benchmarks.config import RunConfig
 from benchmarks.latency.model import ModelLatency, cache_folder, model_latency
 from benchmarks.latency.table import FORMS, LatencyTable, MissingEntry, context
-from benchmarks.latency.timing import Timing, Window, time_beside, time_interleaved
+from benchmarks.latency.timing import Timing, Window, steady_allocator, time_interleaved
 
 __all__ = ["FORMS", "LatencyTable", "MissingEntry", "ModelLatency", "Timing", "Window", "context", "for_run",
-           "model_latency", "time_beside", "time_interleaved"]
+           "model_latency", "steady_allocator", "time_interleaved"]
 
 
 def for_run(cfg: RunConfig, model: nn.Module, in_shape: tuple[int, ...], device: torch.device,

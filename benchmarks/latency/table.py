@@ -26,7 +26,7 @@ from torch import nn
 
 from benchmarks.config import stable_hash
 from benchmarks.files import write_atomic
-from benchmarks.latency.timing import Timing, time_interleaved
+from benchmarks.latency.timing import Timing, steady_allocator, time_interleaved
 from benchmarks.run.environment import cpu_model, synchronize
 
 FORMS = ("rank", "width")
@@ -86,10 +86,11 @@ class Geometry:
         return torch.randn(batch, *shape)
 
 
-# A fixed workload timed in every window beside what the window measures: how fast the machine runs then. This
-# shared machine's speed drifts between windows far more than within one (measured: dense ResNet-20 at batch 128 took
-# 101 to 202 ms in windows a minute apart while its ratio to this conv stayed within 23 to 28), so entries measured
-# minutes apart, the network's own measurement and a run's window are compared in units of the reference's time.
+# A fixed workload timed in every window of the table beside what the window measures: how fast the machine runs
+# then. This shared machine's speed drifts between windows far more than within one (measured: dense ResNet-20 at
+# batch 128 took 101 to 202 ms in windows a minute apart while its ratio to this conv stayed within 23 to 28), so
+# entries measured minutes apart and the network's own measurement are compared in units of the reference's time. (A
+# run's window is priced by the uncompressed network timed beside it instead: ModelLatency.predict.)
 REFERENCE = Geometry("conv2d", 32, 32, False, (32, 16, 16), (3, 3), (1, 1), "[1, 1]", (1, 1), "zeros")
 
 
@@ -116,6 +117,8 @@ class Context:
     backend: str = "eager"
     # How idle OpenMP threads wait (benchmarks.cli sets PASSIVE): spinning or sleeping changes small layers' latency.
     omp_wait: str = "default"
+    # "steady" where the timing harness keeps glibc's malloc from returning memory (timing.steady_allocator).
+    allocator: str = "default"
     dtype: str = "float32"
     torch: str = torch.__version__
 
@@ -133,7 +136,8 @@ def context(batch: int, device: torch.device, backend: str = "eager") -> Context
         name = f"cuda:{torch.cuda.get_device_name(device)}"
     else:
         name = f"cpu:{cpu_model() or platform.machine()}:{torch.get_num_threads()}threads"
-    return Context(batch, name, backend, os.environ.get("OMP_WAIT_POLICY", "default").lower())
+    return Context(batch, name, backend, os.environ.get("OMP_WAIT_POLICY", "default").lower(),
+                   "steady" if steady_allocator() else "default")
 
 
 def _grid(full: int, fractions: tuple[float, ...]) -> list[int]:

@@ -8,6 +8,8 @@ processes used during the window is measured from /proc/stat deltas, less this p
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +51,32 @@ class Window:
     def under_load(self) -> bool:
         """Whether other processes used more than LOADED_SHARE of the CPUs during the window."""
         return self.others_busy is not None and self.others_busy > LOADED_SHARE
+
+
+# glibc malloc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+_steady: bool | None = None
+
+
+def steady_allocator() -> bool:
+    """Keep glibc's malloc from handing freed memory back to the system for the rest of the process; whether it took.
+
+    By default a large buffer (an activation at batch 128) is mmap-ed and unmapped on free, or the heap's top trimmed,
+    by thresholds that move with the allocation history, so the same layer page-faults on its output in one window and
+    not in another: measured here, ResNet-20's layers timed alone at batch 128 summed to 1.2-1.9x their time inside the
+    network, and the dense network read 134-167 ms in successive windows. With the memory kept (what jemalloc and
+    tcmalloc do, and PyTorch's CPU tuning guide recommends), a buffer is reused without faults wherever it is timed.
+    The rest of the process keeps the memory it reached at its peak.
+    """
+    global _steady
+    if _steady is None:
+        _steady = False
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version"):
+            _steady = all(libc.mallopt(param, value) == 1 for param, value in
+                          ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 256 << 20)))
+    return _steady
 
 
 def _machine_ticks() -> tuple[int, int] | None:
@@ -131,6 +159,7 @@ def time_interleaved(calls: Sequence[Callable[[], object]], *, rounds: int = 9, 
     it is still above, its Timing is `noisy`.
     `sync` waits for queued device work (a GPU) so that a sample covers it.
     """
+    steady_allocator()
     load = _Load()
     for call in calls:
         for _ in range(warmup):
@@ -145,10 +174,3 @@ def time_interleaved(calls: Sequence[Callable[[], object]], *, rounds: int = 9, 
             timing = _timing(samples, False)
             timings[i] = _timing(samples, timing.spread > MAX_SPREAD)
     return Window(timings, load.others())
-
-
-def time_beside(calls: Sequence[Callable[[], object]], reference: Callable[[], object], **kw) -> tuple[Window, float]:
-    """`time_interleaved` of `calls` with `reference` (a latency table's reference workload) timed among them: the
-    calls' window without it, and the reference's median (ms), how fast the machine ran during the window."""
-    window = time_interleaved([*calls, reference], **kw)
-    return Window(window.timings[:-1], window.others_busy), window.timings[-1].median_ms

@@ -6,10 +6,10 @@ is given, at that measured speed-up (latency_drop = 1 - 1/S, planned by the tabl
   lorita      lorita.collapse(lorita.overparameterize(model, 3)), plan_ranks then factorize (classifier kept)
   svd         the same on the plain random-init model
   l1, ...     baselines.prune of the plain model (classifier kept)
-Every plan is then timed side by side with its dense network and the table's reference workload
-(benchmarks.latency.time_interleaved), as a run records its latency, and the table's prediction
-(benchmarks.latency.ModelLatency.predict, at the machine speed the reference measured in that window, and at the speed
-the table was built at) is set against the measurement.
+Every plan is then timed side by side with its dense network (benchmarks.latency.time_interleaved), as a run records
+its latency, and the table's prediction is set against the measurement: benchmarks.latency.ModelLatency.predict in
+that window (the table's ratio of the plan to the dense network, times the dense network's time there, as a run
+records `latency_pred_ms`), and in the table's own window (its ms as built).
 Where a speed-up target is unreachable, the stated largest reachable speed-up is set against the measured speed-up
 of the most compressed plan (every planned layer at rank 1; the pruning criterion's plan at the largest reachable
 drop).
@@ -32,7 +32,7 @@ from torch import nn
 
 import baselines
 import lorita
-from benchmarks.latency import LatencyTable, ModelLatency, context, model_latency, time_beside
+from benchmarks.latency import LatencyTable, ModelLatency, context, model_latency, time_interleaved
 from benchmarks.methods import get_method
 from benchmarks.models import create_model
 from benchmarks.perf import common
@@ -121,18 +121,18 @@ def bench(name: str, batch: int, args: argparse.Namespace, cache: Path) -> list[
             # Each plan beside its dense network only, as a run records its latency: several networks' activations in
             # one window slow them all (measured: dense ResNet-20 at batch 128, 104 ms alone, 186 ms among 12).
             network = networks[get_method(row["method"]).composes]
-            window, ref = time_beside([lambda n=network: n(x), lambda m=model: m(x)], latency.reference,
-                                      rounds=args.rounds)
+            window = time_interleaved([lambda n=network: n(x), lambda m=model: m(x)], rounds=args.rounds)
             dense, timing = window.timings[0].median_ms, window.timings[1]
             row["others_busy"] = window.others_busy
-            # At the machine's speed of this window (the reference timed in it) and at the table's own.
-            predicted, at_build = latency.predict(model, ref), latency.predict(model)
+            # In this window (the table's ratio to the dense network, times the dense network timed beside the plan),
+            # and in the table's own window.
+            predicted, at_build = latency.predict(model, dense), latency.predict(model)
             flops, _ = lorita.count_flops_params(model, example)
             base_flops, _ = lorita.count_flops_params(networks[False], example)
             row.update(measured_ms=timing.median_ms, iqr_ms=timing.iqr_ms, noisy=timing.noisy, predicted_ms=predicted,
                        rel_error=predicted / timing.median_ms - 1, dense_ms=dense, speedup=dense / timing.median_ms,
                        predicted_speedup=latency.base_ms / at_build, flops_drop=1 - flops / base_flops,
-                       ref_ms=ref, table_ref_ms=latency.ref_ms, predicted_ms_at_build=at_build,
+                       table_dense_ms=latency.base_ms, predicted_ms_at_build=at_build,
                        rel_error_at_build=at_build / timing.median_ms - 1)
         rows.append(row)
     return rows
@@ -167,14 +167,14 @@ def markdown(result: dict[str, Any]) -> str:
     busy = [r["others_busy"] for r in result["rows"] if r.get("others_busy") is not None]
     head = (f"### Latency table: predicted against measured end-to-end latency (CPU, random init)\n\n"
             f"{common.machine_line(result['machine'])} Plans within ±{100 * GOOD:.0f} %: {good} of "
-            f"{len(flops_rows)} at the FLOPs target, the prediction brought to each window's machine speed by the "
-            f"table's reference workload timed in it; {good_at_build} of {len(flops_rows)} at the speed the table was "
-            "built at (in brackets). Table build: "
+            f"{len(flops_rows)} at the FLOPs target, the prediction in each plan's window (the table's ratio to the "
+            f"dense network times the dense network timed beside the plan, as runs record it); {good_at_build} of "
+            f"{len(flops_rows)} in the table's own window (its ms as built, in brackets). Table build: "
             + ", ".join(f"{m} b{b} {s:.0f} s" for (m, b), s in builds.items())
             + (f". Other processes' CPU share during the timing windows: up to {max(busy):.2f}." if busy else ".")
             + "\n\n")
     return head + common.table(["model", "batch", "method", "target", "FLOPs drop", "predicted ms",
-                                "measured ms (IQR)", "error (at build speed)", "measured speed-up", "note"], rows)
+                                "measured ms (IQR)", "error (as built)", "measured speed-up", "note"], rows)
 
 
 def build_parser() -> argparse.ArgumentParser:

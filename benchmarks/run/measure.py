@@ -14,7 +14,7 @@ from torch import nn
 import lorita
 from benchmarks import export
 from benchmarks.export import available as ort_available
-from benchmarks.latency import ModelLatency, Window, time_beside, time_interleaved
+from benchmarks.latency import ModelLatency, Window, time_interleaved
 from benchmarks.run.environment import synchronize
 from benchmarks.tracking import schema
 
@@ -35,16 +35,9 @@ class LatencyRecord:
 def _window(calls: list[Callable[[], object]], where: torch.device, size: int, suffix: str,
             metrics: dict[str, float], predicted: tuple[nn.Module, ModelLatency] | None = None) -> Window:
     """Time the compressed and the uncompressed model's calls side by side and record them under `suffix`; with
-    `predicted` (the compressed model and its latency model), the table's reference workload timed in the same window
-    and the table's prediction at the machine speed that reference measured (against `ModelLatency.ref_ms`, its time
-    when the table was built)."""
-    def sync() -> None:
-        synchronize(where)
-
-    if predicted is None:
-        window = time_interleaved(calls, sync=sync)
-    else:
-        window, ref_ms = time_beside(calls, predicted[1].reference, sync=sync)
+    `predicted` (the compressed model and its latency model), the table's prediction for this window: its ratio of
+    the compressed model to the uncompressed one, times the uncompressed one's time here."""
+    window = time_interleaved(calls, sync=lambda: synchronize(where))
     mine, theirs = window.timings
     metrics[schema.latency_at("ms", size, suffix)] = mine.median_ms
     metrics[schema.latency_at("iqr_ms", size, suffix)] = mine.iqr_ms
@@ -52,8 +45,7 @@ def _window(calls: list[Callable[[], object]], where: torch.device, size: int, s
     metrics[schema.speedup_at(size, suffix)] = theirs.median_ms / mine.median_ms
     if predicted is not None:
         model, latency = predicted
-        metrics[schema.latency_at("ref_ms", size, suffix)] = ref_ms
-        metrics[schema.latency_at("pred_ms", size, suffix)] = latency.predict(model, ref_ms)
+        metrics[schema.latency_at("pred_ms", size, suffix)] = latency.predict(model, theirs.median_ms)
     if window.others_busy is not None:
         metrics[schema.latency_at("busy", size, suffix)] = window.others_busy
     return window
@@ -65,7 +57,7 @@ def latency_metrics(model: nn.Module, base: nn.Module, in_shape: tuple[int, ...]
     when the run has one, and with backend "ort" through ONNX Runtime on the CPU too (suffix "_ort"): each pair timed
     side by side in one window (benchmarks.latency.time_interleaved), with the share of the CPUs other processes used
     during it; `predicted`'s table prediction at `batch` beside it, in the window of the table's backend and device,
-    brought to that window's machine speed by the table's reference workload timed in it.
+    at the speed the uncompressed model ran in that window.
 
     The achieved latency_drop is 1 - latency / base latency at `batch` on the run's device (backend "eager") or
     through ONNX Runtime (backend "ort": the backend its latency table was measured with).

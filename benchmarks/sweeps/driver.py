@@ -230,11 +230,13 @@ def run_grid(sweep: Sweep, runs: list[RunConfig] | None = None, *, jobs: int = 1
     pending = [cfg for cfg in runs if identities[cfg.config_hash()] not in finished]
     done_hashes = {cfg.config_hash() for cfg in runs} - {cfg.config_hash() for cfg in pending}
     check_models(pending)
+    # Measured here, one layer at a time, before any worker loads the machine; and before the parent run, so that an
+    # unreachable speed-up is one line with nothing recorded.
+    tables(pending, criterion_batches)
     parent = _parent_run(sweep, runs)
     how = f"as Ray tasks on {cluster.describe(address)}" if executor == "ray" else (
         f"with {jobs} job{'s' if jobs > 1 else ''}")
     print(_plan(sweep, runs, done_hashes, how, parent), flush=True)
-    tables(pending, criterion_batches)  # measured here, one layer at a time, before any worker loads the machine
     results: list[RunResult] = []
     started = time.perf_counter()
     status, error = schema.STATUS_FAILED, "the sweep stopped on an error"

@@ -58,8 +58,8 @@ LATENCY_MS_B128_GPU = "latency_ms_b128_gpu"
 
 def latency_at(kind: str, batch: int, suffix: str = "") -> str:
     """A latency metric at one batch size: kind "ms" (median of the compressed model), "iqr_ms" (its spread),
-    "pred_ms" (the latency table's prediction), "ref_ms" (the table's reference workload, timed in the same window:
-    the machine's speed then), "base_ms" (the uncompressed model, measured beside it),
+    "pred_ms" (the latency table's prediction: its ratio to the uncompressed model times base_ms), "base_ms" (the
+    uncompressed model, measured beside it),
     "busy" (share of the CPUs other processes used during the window); suffix "_gpu" or "_ort" for the backend."""
     return f"latency_{kind}_b{batch}{suffix}"
 
