@@ -1,7 +1,5 @@
 """The report's Tuning section, from a tiny real tuned sweep: selected values, history and weight-decay figures."""
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,14 +25,12 @@ TUNING = {"trials": 2, "space": {"lr": {"low": 0.01, "high": 0.1, "log": True},
 
 
 @pytest.fixture(scope="module")
-def swept(store) -> float:
-    """The tuned sweep, the untuned one into the same experiment, and the plain one; how long they took."""
-    started = time.perf_counter()
+def swept(store) -> None:
+    """The tuned sweep, the untuned one into the same experiment, and the plain one."""
     assert run_sweep(write_sweep(store, TUNED, GRID, tuning=TUNING)) == 0
     # The same sweep name without a tuning block: its runs land in the tuned runs' experiment.
     assert run_sweep(write_sweep(store, TUNED, UNTUNED)) == 0
     assert run_sweep(write_sweep(store, PLAIN, UNTUNED)) == 0
-    return time.perf_counter() - started
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +52,6 @@ def _selected() -> dict:
 
 def _stems(summary, kind: str) -> list[str]:
     return [p.stem for p in summary.figures if p.suffix == ".png" and p.stem.startswith(kind)]
-
-
-def test_the_module_is_fast(swept, built, capsys):
-    with capsys.disabled():
-        print(f"\ntuned sweep, untuned sweeps: {swept:.1f} s")
-    assert swept < 40
 
 
 def test_selected_values_are_those_of_selected_json(found, built):

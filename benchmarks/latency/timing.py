@@ -63,10 +63,10 @@ def steady_allocator() -> bool:
 
     By default a large buffer (an activation at batch 128) is mmap-ed and unmapped on free, or the heap's top trimmed,
     by thresholds that move with the allocation history, so the same layer page-faults on its output in one window and
-    not in another: measured here, ResNet-20's layers timed alone at batch 128 summed to 1.2-1.9x their time inside the
-    network, and the dense network read 134-167 ms in successive windows. With the memory kept (what jemalloc and
-    tcmalloc do, and PyTorch's CPU tuning guide recommends), a buffer is reused without faults wherever it is timed.
-    The rest of the process keeps the memory it reached at its peak.
+    not in another: measured here, ResNet-20's layers timed alone at batch 128 summed to 1.21-1.86x their time inside
+    the network, 0.79-1.02x with the memory kept (what jemalloc and tcmalloc do, and PyTorch's CPU tuning guide
+    recommends), a buffer then reused without faults wherever it is timed. Applied by the first timing window or
+    latency-table context of a process (a latency-target run's: before it trains), whose memory then stays at its peak.
     """
     global _steady
     if _steady is None:
