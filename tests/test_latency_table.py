@@ -166,7 +166,7 @@ def _synthetic(model: nn.Module, in_shape: tuple[int, ...]) -> ModelLatency:
         ins, outs = [1, g.in_channels], [1, g.out_channels]
         grids[name] = WidthGrid(ins, outs, [[i * o / 1000 for o in outs] for i in ins], False, 1.0)
     return ModelLatency(geometries, activations, dense, remainder_ms=0.5, scaled_ms=0.0, rank_curves=curves,
-                        width_grids=grids, measured_ms=0.5 + sum(dense.values()), ref_ms=1.0)
+                        width_grids=grids, measured_ms=0.5 + sum(dense.values()))
 
 
 def test_a_latency_plan_meets_its_target_by_the_table_and_splits_only_faster_pairs():

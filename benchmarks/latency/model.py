@@ -80,8 +80,7 @@ class ModelLatency:
     scaled_ms: float  # the part of the remainder that grows with the activations
     rank_curves: dict[str, RankCurve]
     width_grids: dict[str, WidthGrid]
-    measured_ms: float  # the uncompressed network, measured whole
-    ref_ms: float  # the reference workload's time in the network's window: every ms above is at that speed
+    measured_ms: float  # the uncompressed network, measured whole: every ms above is at the speed of its window
 
     @property
     def base_ms(self) -> float:
@@ -206,7 +205,7 @@ def model_latency(model: nn.Module, in_shape: tuple[int, ...], table: LatencyTab
     # the remainder is taken to grow with the data in the same proportion as the whole network's time.
     growing = 1 - min(1.0, max(0.0, 2 * measured["half_ms"] - total) / total)
     return ModelLatency(geometries, activations, dense, remainder, remainder * growing, rank_curves, width_grids,
-                        total, ref_ms)
+                        total)
 
 
 def _scaled_curve(curve: RankCurve, factor: float, ref_ms: float) -> RankCurve:
